@@ -1,0 +1,12 @@
+"""rnn_ext: a fast, exact Elman RNN for NumPy.
+
+Forward propagation and backpropagation through time run in typed Cython
+calling BLAS; :class:`RNN` wraps them; :mod:`rnn_ext.oracle` is the
+pure-Python specification every result is checked against.
+"""
+
+from ._results import ForwardResult, Gradients
+from ._version import __version__
+from .model import RNN
+
+__all__ = ["RNN", "ForwardResult", "Gradients", "__version__"]
