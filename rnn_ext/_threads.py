@@ -1,0 +1,293 @@
+"""Thread control for the BLAS that rnn_ext's kernel calls.
+
+The kernel calls BLAS through ``scipy.linalg.cython_blas``, i.e. scipy's own
+OpenBLAS (``scipy.libs/libscipy_openblas*``).  NumPy wheels carry a separate
+copy (``numpy.libs/libscipy_openblas64_*``); rnn_ext never calls it, so it is
+left alone.  Where scipy links a BLAS outside its own package (conda, Linux
+distributions) numpy and scipy share that BLAS, and every BLAS found is
+controlled.
+
+Three entry points:
+
+``set_num_threads(n)``
+    Process-wide: the kernel's BLAS uses ``n`` threads for every call from
+    now on; ``None`` returns to the automatic choice (below) and restores the
+    BLAS's own count as it was when rnn_ext first looked.
+``threads(n)``
+    The same for a ``with`` block; the previous setting comes back on exit,
+    also when the block raises.
+``pass_threads(T, B, D, H, K)``
+    What the model enters around a whole pass (never per step).  With no
+    user setting it picks the count per call: one BLAS thread when the pass
+    is small (see ``_auto_threads``), the BLAS's own count otherwise.  With a
+    user setting it does nothing.
+
+The controller is a cached ``threadpoolctl.ThreadpoolController``, created
+once, lazily: building one scans every loaded library (~1-3 ms); after that
+reading or setting the count is a ctypes call of well under a microsecond.
+
+The BLAS thread count is process state.  When several Python threads run
+passes at once, a small pass drops the BLAS to one thread until the last
+concurrent small pass ends; the count in force before the first one is then
+restored (counted under a lock, so overlapping passes never leave the BLAS
+at a stale count).
+"""
+
+import operator
+import os
+import threading
+
+__all__ = ["set_num_threads", "get_num_threads", "threads", "pass_threads", "blas_info"]
+
+# Guards every change of the BLAS count and of the state below.
+_lock = threading.RLock()
+# ThreadpoolController restricted to the kernel's BLAS; built on first use,
+# with one count setter per library.
+_controller = None
+_setters: list = []
+# BLAS thread counts when rnn_ext first looked: what set_num_threads(None) restores.
+_default_counts: list[int] = []
+# The user's setting: None (automatic, per call) or a positive int.
+_user_n: int | None = None
+# Small passes in flight, and the counts to restore when the last one ends.
+_auto_depth = 0
+_auto_saved: list[int] | None = None
+
+# Passes with fewer forward flops than this run their BLAS on one thread
+# when the user has not chosen a count.  Set from benchmarks/bench.py runs on
+# a 2-core AVX-512 machine: see _auto_threads.
+AUTO_MIN_FLOPS = 200e6
+# ... and so do passes whose per-step recurrence GEMM (B x H by H x H) is below this.
+AUTO_MIN_STEP_FLOPS = 2 * 8 * 256 * 256
+
+
+def _find_kernel_blas():
+    """ThreadpoolController over the BLAS that scipy.linalg.cython_blas calls."""
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library so it can be found)
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    scipy_dir = os.path.dirname(os.path.realpath(scipy.__file__))
+    # Wheels vendor the library inside the package (macOS: scipy/.dylibs)
+    # or beside it (Linux, Windows: scipy.libs).
+    roots = (scipy_dir + os.sep, scipy_dir + ".libs" + os.sep)
+    own = [
+        lib.filepath
+        for lib in blas.lib_controllers
+        if os.path.realpath(lib.filepath).startswith(roots)
+    ]
+    return blas.select(filepath=own) if own else blas
+
+
+def _setter(lib):
+    # threadpoolctl >= 3.8 lets only the first Python thread that sets an
+    # OpenBLAS count set it again and silently ignores the others, so a pass
+    # in a worker thread could not drop to one thread, nor restore.  All of
+    # rnn_ext's changes are serialised by _lock and undone in order, so they
+    # call the library's own setter.
+    return getattr(lib, "_real_set_num_threads", lib.set_num_threads)
+
+
+def _libs():
+    global _controller, _setters, _default_counts
+    if _controller is None:
+        with _lock:
+            if _controller is None:
+                controller = _find_kernel_blas()
+                libs = controller.lib_controllers
+                _default_counts = [lib.num_threads for lib in libs]
+                _setters = [_setter(lib) for lib in libs]
+                _controller = controller
+    return _controller.lib_controllers
+
+
+def _check_n(n, allow_none=True):
+    if n is None and allow_none:
+        return None
+    if isinstance(n, bool):
+        raise TypeError(f"number of threads must be a positive int or None, got bool {n!r}")
+    try:
+        value = operator.index(n)
+    except TypeError:
+        raise TypeError(
+            f"number of threads must be a positive int or None, got {type(n).__name__} {n!r}"
+        ) from None
+    if value < 1:
+        raise ValueError(f"number of threads must be a positive int or None, got {value}")
+    return value
+
+
+def _baseline():
+    """Counts in force outside any small pass (lock held)."""
+    if _auto_depth:
+        return list(_auto_saved)
+    return [lib.num_threads for lib in _libs()]
+
+
+def _set_baseline(counts):
+    """Make `counts` the counts in force outside any small pass (lock held)."""
+    global _auto_saved
+    if _auto_depth:
+        # A small pass is running at one thread; it restores these on exit.
+        _auto_saved = list(counts)
+        return
+    for lib, set_n, n in zip(_libs(), _setters, counts):
+        if lib.num_threads != n:
+            set_n(n)
+
+
+def _apply(n):
+    """Set the user's choice `n` (validated; None = automatic) (lock held)."""
+    global _user_n
+    libs = _libs()
+    _set_baseline(list(_default_counts) if n is None else [n] * len(libs))
+    _user_n = n
+
+
+def set_num_threads(n):
+    """Set the number of BLAS threads rnn_ext's kernel uses, process-wide.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive number of threads, or None for the automatic choice: one
+        thread for small passes, the BLAS's default count for large ones.
+
+    Raises
+    ------
+    TypeError
+        If `n` is not an int or None.
+    ValueError
+        If `n` is smaller than 1.
+    """
+    n = _check_n(n)
+    with _lock:
+        _apply(n)
+
+
+def get_num_threads():
+    """The user's setting: an int from set_num_threads/threads, or None (automatic)."""
+    return _user_n
+
+
+def blas_info():
+    """threadpoolctl's info dicts for the BLAS rnn_ext's kernel calls."""
+    _libs()
+    return _controller.info()
+
+
+class threads:
+    """Context manager: rnn_ext's kernel uses `n` BLAS threads inside the block.
+
+    ``with rnn_ext.threads(1): model.loss_and_grad(x, y)`` runs the pass on
+    one BLAS thread; the previous setting (a number, or the automatic choice)
+    returns on exit, also when the block raises.  ``threads(None)`` selects
+    the automatic choice inside the block.  Like the BLAS count itself, the
+    setting is process-wide, not per Python thread.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive number of threads, or None.
+    """
+
+    __slots__ = ("_n", "_saved")
+
+    def __init__(self, n):
+        self._n = _check_n(n)
+        self._saved = []
+
+    def __enter__(self):
+        with _lock:
+            self._saved.append((_user_n, _baseline()))
+            _apply(self._n)
+        return self
+
+    def __exit__(self, *exc):
+        global _user_n
+        with _lock:
+            user_n, counts = self._saved.pop()
+            _set_baseline(counts)
+            _user_n = user_n
+        return False
+
+    def __repr__(self):
+        return f"rnn_ext.threads({self._n!r})"
+
+
+class _OneThreadPass:
+    """Reentrant, shareable: BLAS at one thread while any small pass runs."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        global _auto_depth, _auto_saved
+        with _lock:
+            libs = _libs()
+            if _auto_depth == 0:
+                _auto_saved = [lib.num_threads for lib in libs]
+                for set_n, n in zip(_setters, _auto_saved):
+                    if n != 1:
+                        set_n(1)
+            _auto_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _auto_depth, _auto_saved
+        with _lock:
+            _auto_depth -= 1
+            if _auto_depth == 0:
+                for set_n, n in zip(_setters, _auto_saved):
+                    if n != 1:
+                        set_n(n)
+                _auto_saved = None
+        return False
+
+
+class _NoChange:
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_ONE_THREAD = _OneThreadPass()
+_NO_CHANGE = _NoChange()
+
+
+def _auto_threads(T, B, D, H, K):
+    """1 if a pass of this size should run its BLAS on one thread, else None.
+
+    A second BLAS thread pays only when there is enough work to split: the
+    whole pass must be large (forward flops 2·T·B·(D·H + H·H + H·K) of at
+    least AUTO_MIN_FLOPS) and so must each step of the recurrence, the
+    sequential (B, H) x (H, H) GEMM that runs T times in forward and
+    backward (2·B·H·H of at least AUTO_MIN_STEP_FLOPS).  Below either, the
+    threads' wake-up and synchronisation cost more than they save.
+    """
+    step = 2.0 * B * H * H
+    total = 2.0 * T * B * (D * H + H * H + H * K)
+    if step < AUTO_MIN_STEP_FLOPS or total < AUTO_MIN_FLOPS:
+        return 1
+    return None
+
+
+def pass_threads(T, B, D, H, K):
+    """Context manager the model enters around one whole pass.
+
+    Does nothing when the user has chosen a count (set_num_threads/threads);
+    otherwise runs the pass's BLAS on one thread if ``_auto_threads`` says the
+    pass is small, and leaves the BLAS's own count for large passes.
+
+    Parameters
+    ----------
+    T, B, D, H, K : int
+        Time steps, batch, input, hidden and output sizes of the pass.
+    """
+    if _user_n is not None or _auto_threads(T, B, D, H, K) is None:
+        return _NO_CHANGE
+    return _ONE_THREAD
