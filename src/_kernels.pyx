@@ -19,7 +19,7 @@ without the GIL, and all scratch is allocated by the caller per call, so
 concurrent calls on one model share nothing mutable.
 """
 from cython cimport floating
-from libc.math cimport exp, expf, log, tanh, tanhf
+from libc.math cimport exp, log, tanh
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, gemv
@@ -32,8 +32,15 @@ cdef extern from *:
     """
     bint RNN_EXT_DEBUG
 
+cdef extern from "_fastmath.h" nogil:
+    void rnn_ext_tanhf_inplace(float* a, Py_ssize_t n)
+    void rnn_ext_expf_shift_inplace(float* z, Py_ssize_t n, float m)
+    bint RNN_EXT_HAVE_CLONES
+
 #: True in a build made with RNN_EXT_DEBUG=1 (bounds and wraparound checks on).
 DEBUG = bool(RNN_EXT_DEBUG)
+#: True when the float32 tanh/exp loops also carry an AVX2 clone picked at load.
+SIMD_CLONES = bool(RNN_EXT_HAVE_CLONES)
 
 # What softmax_loss leaves in Z.
 cdef enum Mode:
@@ -52,8 +59,7 @@ cdef inline void activate(floating* a, Py_ssize_t n, bint relu) noexcept nogil:
         for i in range(n):
             a[i] = a[i] if a[i] > 0 else 0
     elif floating is float:
-        for i in range(n):
-            a[i] = tanhf(a[i])
+        rnn_ext_tanhf_inplace(a, n)
     else:
         for i in range(n):
             a[i] = tanh(a[i])
@@ -241,7 +247,7 @@ cdef double softmax_loss(floating* Z, const Py_ssize_t* yi, const floating* ys,
     Returns the summed loss, accumulated in double whatever the dtype.
     """
     cdef double total = 0, s, ysum, ydotz, zt = 0
-    cdef floating m, e, inv
+    cdef floating m, inv
     cdef floating* z
     cdef const floating* y
     cdef Py_ssize_t t, bb, k, target = 0
@@ -269,16 +275,17 @@ cdef double softmax_loss(floating* Z, const Py_ssize_t* yi, const floating* ys,
             y = ys + (t * B + bb) * K if ys != NULL else NULL
             if yi != NULL:
                 zt = z[target] - m
-            for k in range(K):
-                if y != NULL:
+            elif y != NULL:
+                for k in range(K):
                     ysum += y[k]
                     ydotz += y[k] * (z[k] - m)
-                if floating is float:
-                    e = expf(z[k] - m)
-                else:
-                    e = exp(z[k] - m)
-                z[k] = e
-                s += e
+            if floating is float:
+                rnn_ext_expf_shift_inplace(z, K, m)
+            else:
+                for k in range(K):
+                    z[k] = exp(z[k] - m)
+            for k in range(K):
+                s += z[k]
             if mode == PROBS:
                 inv = <floating>(1 / s)
                 for k in range(K):
