@@ -5,8 +5,18 @@ calling BLAS; :class:`RNN` wraps them; :mod:`rnn_ext.oracle` is the
 pure-Python specification every result is checked against.
 """
 
+from . import oracle
 from ._results import ForwardResult, Gradients
+from ._threads import set_num_threads, threads
 from ._version import __version__
 from .model import RNN
 
-__all__ = ["RNN", "ForwardResult", "Gradients", "__version__"]
+__all__ = [
+    "RNN",
+    "ForwardResult",
+    "Gradients",
+    "oracle",
+    "set_num_threads",
+    "threads",
+    "__version__",
+]

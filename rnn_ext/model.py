@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _kernels
 from ._results import ForwardResult, Gradients
+from ._threads import pass_threads
 from ._validation import (
     NONLINEARITIES,
     Batch,
@@ -185,6 +186,11 @@ class RNN:
             return np.ascontiguousarray(self._U.T)
         return None
 
+    def _threads(self, batch: Batch):
+        # the BLAS thread count, chosen once around the whole pass
+        return pass_threads(batch.T, batch.B, self.input_size, self.hidden_size,
+                            self.output_size)
+
     def _hidden_buffer(self, batch: Batch) -> np.ndarray:
         # hs is (T+1, B, H) with hs[0] = h0, so H and H_prev are both contiguous
         hs = np.empty((batch.T + 1, batch.B, self.hidden_size), dtype=self.dtype)
@@ -227,8 +233,10 @@ class RNN:
         batch = self._batch(x, None, h0, lengths)
         hs = self._hidden_buffer(batch)
         Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
-        _kernels.forward(hs, Z, batch.xf, batch.xi, self._U, self._UT(batch), self._W,
-                         self._b, self._V, self._c, batch.lengths, self.nonlinearity == "relu")
+        with self._threads(batch):
+            _kernels.forward(hs, Z, batch.xf, batch.xi, self._U, self._UT(batch), self._W,
+                             self._b, self._V, self._c, batch.lengths,
+                             self.nonlinearity == "relu")
         return ForwardResult(self._sequence(hs[1:], batch), self._sequence(Z, batch),
                              self._h_last(hs, batch))
 
@@ -257,11 +265,13 @@ class RNN:
             g["b"] = np.empty(H, dtype=dt) if self.bias else None
             g["h0"] = np.empty((B, H), dtype=dt)
             g["x"] = np.empty((T * B, D), dtype=dt) if batch.xf is not None else None
-        total = _kernels.loss_and_grad(
-            hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, self._U, self._UT(batch),
-            self._W, self._b, self._V, self._c, batch.lengths, self.nonlinearity == "relu",
-            ignore_index, scale, what, g.get("V"), g.get("c"), g.get("delta"), g.get("U"),
-            g.get("UT"), g.get("W"), g.get("b"), g.get("h0"), g.get("x"))
+        with self._threads(batch):
+            total = _kernels.loss_and_grad(
+                hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, self._U, self._UT(batch),
+                self._W, self._b, self._V, self._c, batch.lengths,
+                self.nonlinearity == "relu", ignore_index, scale, what, g.get("V"),
+                g.get("c"), g.get("delta"), g.get("U"), g.get("UT"), g.get("W"), g.get("b"),
+                g.get("h0"), g.get("x"))
         loss = total * scale if mean else total
         return float(loss), batch, hs, g
 
