@@ -1,0 +1,307 @@
+"""The ``rnn-ext`` command (also ``python -m rnn_ext``).
+
+    rnn-ext train [TEXTFILE] [--hidden 128 --seq-len 25 --batch 32 --steps 2000
+                  --optimizer adam --lr 2e-3 --clip 5 --out model.npz --seed 0 --plot loss.png]
+    rnn-ext sample MODEL [--length 500 --temperature 0.8 --prime "The " --seed 1]
+
+Without TEXTFILE, ``train`` uses CPython's documentation topics
+(``pydoc_data.topics``).  Bad input (a missing, empty or binary file, a text
+too short for one chunk, a damaged model file, a non-positive size or rate)
+prints one line to stderr and exits with status 2.
+"""
+
+import argparse
+import math
+import sys
+import time
+
+__all__ = ["main", "build_parser"]
+
+PROG = "rnn-ext"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _nonnegative_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _real(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {s}")
+    return v
+
+
+def _positive_real(s):
+    v = _real(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def _nonnegative_real(s):
+    v = _real(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _fraction(s):
+    v = _real(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def add_train_arguments(p):
+    """The ``train`` subcommand's options (one place, so extensions can add theirs)."""
+    p.add_argument("textfile", nargs="?", help="UTF-8 text to learn (default: CPython's pydoc topics)")
+    model = p.add_argument_group("model")
+    model.add_argument("--hidden", type=_positive_int, default=128, help="hidden size (default 128)")
+    model.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="parameter dtype (default float32)")
+    model.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--seq-len", type=_positive_int, default=25,
+                     help="characters per truncated-BPTT chunk (default 25)")
+    opt.add_argument("--batch", type=_positive_int, default=32, help="parallel streams (default 32)")
+    opt.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
+    opt.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam",
+                     help="default adam")
+    opt.add_argument("--lr", type=_positive_real, default=None,
+                     help="learning rate (default 2e-3 for adam, 0.1 for adagrad; sgd needs one)")
+    opt.add_argument("--clip", type=_nonnegative_real, default=5.0,
+                     help="clamp gradient entries to [-CLIP, CLIP]; 0 turns it off (default 5)")
+    opt.add_argument("--clip-norm", type=_positive_real, default=None,
+                     help="also rescale gradients to at most this joint L2 norm")
+    out = p.add_argument_group("evaluation and output")
+    out.add_argument("--val-fraction", type=_fraction, default=0.1,
+                     help="share of the text, from its end, held out for validation (default 0.1)")
+    out.add_argument("--eval-every", type=_nonnegative_int, default=200,
+                     help="validate every N steps; 0: only at the end (default 200)")
+    out.add_argument("--sample-every", type=_nonnegative_int, default=500,
+                     help="print a short sample every N steps; 0: never (default 500)")
+    out.add_argument("--out", default="model.npz", help="model file to write (default model.npz)")
+    out.add_argument("--plot", metavar="PNG", default=None,
+                     help="write the loss curves here (needs matplotlib: pip install 'rnn-ext[plot]')")
+    out.add_argument("--quiet", action="store_true", help="no progress bar and no samples")
+    out.add_argument("--threads", type=_positive_int, default=None,
+                     help="BLAS threads for the kernel (default: chosen per pass)")
+
+
+def add_sample_arguments(p):
+    p.add_argument("model", help="a model file written by 'rnn-ext train'")
+    p.add_argument("--length", type=_nonnegative_int, default=500, help="characters to generate (default 500)")
+    p.add_argument("--temperature", type=_nonnegative_real, default=0.8,
+                   help="sampling temperature; 0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K likeliest characters")
+    p.add_argument("--prime", default="", help="text to start from (printed before the sample)")
+    p.add_argument("--seed", type=int, default=None, help="the same seed prints the same text")
+
+
+def build_parser():
+    from . import __version__
+
+    parser = _Parser(prog=PROG, description="Train a character-level Elman RNN on a text, and sample from it.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample}", parser_class=_Parser)
+    add_train_arguments(sub.add_parser(
+        "train", help="train a model on a text file", description="Train a character-level RNN with "
+        "truncated BPTT; losses are in bits per character."))
+    add_sample_arguments(sub.add_parser("sample", help="generate text from a trained model"))
+    return parser
+
+
+def _read_text(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise CLIError(f"{path} is empty")
+    if b"\0" in data:
+        raise CLIError(f"{path} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    return text.replace("\r\n", "\n")
+
+
+def _default_text():
+    from .text import default_corpus
+
+    try:
+        return default_corpus()
+    except ImportError:
+        raise CLIError("no TEXTFILE given and this Python lacks the default corpus (pydoc_data.topics); "
+                       "pass a text file: rnn-ext train FILE") from None
+
+
+def _plot(history, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = range(1, len(history.loss) + 1)
+    ax.plot(steps, history.loss, color="C0", alpha=0.25, lw=0.8, label="training (per step)")
+    ax.plot(steps, history.smooth_loss, color="C0", label="training (smoothed)")
+    if history.val_steps:
+        ax.plot(history.val_steps, history.val_loss, "o-", color="C1", ms=3, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (bits per character)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _cmd_train(args):
+    import numpy as np
+    from tqdm import tqdm
+
+    from .text import sample
+    from .training import Trainer
+
+    if args.optimizer == "sgd" and args.lr is None:
+        raise CLIError("--optimizer sgd needs --lr")
+    plot = args.plot
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(f"{PROG}: --plot needs matplotlib: pip install 'rnn-ext[plot]' (training without a plot)",
+                  file=sys.stderr)
+            plot = None
+
+    text = _read_text(args.textfile) if args.textfile else _default_text()
+    if args.threads is not None:
+        from . import set_num_threads
+
+        set_num_threads(args.threads)
+    source = args.textfile or "pydoc_data.topics"
+    t_start = time.perf_counter()
+    trainer = Trainer(None, text, hidden=args.hidden, seq_len=args.seq_len, batch=args.batch,
+                      optimizer=args.optimizer, lr=args.lr, clip=args.clip or None, clip_norm=args.clip_norm,
+                      val_fraction=args.val_fraction, seed=args.seed, dtype=np.dtype(args.dtype))
+    m = trainer.model
+    if not args.quiet:
+        print(f"{source}: {len(text):,} characters, {len(trainer.vocab)} distinct; "
+              f"{len(trainer.train_ids):,} for training, {len(trainer.val_ids):,} held out")
+        print(f"model: hidden {m.hidden_size}, {sum(p.size for p in m.parameters().values()):,} parameters; "
+              f"{args.optimizer} lr {trainer.optimizer.lr:g}, seq-len {args.seq_len}, batch {args.batch}",
+              flush=True)
+
+    bar = tqdm(total=args.steps, unit="step", disable=args.quiet, dynamic_ncols=True, mininterval=0.25,
+               file=sys.stderr)
+    last_val = [None]
+
+    def callback(info):
+        if info.val_loss is not None:
+            last_val[0] = info.val_loss
+        postfix = f"loss {info.smooth_loss:.3f} bpc"
+        if last_val[0] is not None:
+            postfix += f", val {last_val[0]:.3f}"
+        bar.set_postfix_str(f"{postfix}, {info.chars_per_sec:,.0f} chars/s", refresh=False)
+        bar.update(1)
+        if not args.quiet and args.sample_every and info.step % args.sample_every == 0:
+            s = sample(m, trainer.vocab, length=200, temperature=0.8, seed=args.seed + info.step)
+            bar.write(f"--- sample after {info.step} steps ---\n{s}\n---")
+        return False
+
+    interrupted = False
+    try:
+        hist = trainer.run(args.steps, callback=callback, eval_every=args.eval_every or None)
+    except KeyboardInterrupt:
+        interrupted = True
+        hist = trainer.history
+    finally:
+        bar.close()
+
+    if interrupted:
+        print(f"interrupted after {trainer.step} steps", file=sys.stderr)
+    else:
+        print(f"after {trainer.step} steps: train loss {hist.train_loss:.3f} bits/char, "
+              f"validation loss {hist.val_loss[-1]:.3f} bits/char" if hist.val_loss else
+              f"after {trainer.step} steps: train loss {hist.train_loss:.3f} bits/char (no validation text)")
+    print(f"{hist.seconds:.1f} s in training steps ({hist.chars_per_sec:,.0f} chars/s), "
+          f"{time.perf_counter() - t_start:.1f} s in all")
+    trainer.save(args.out)
+    print(f"saved {args.out}")
+    if plot is not None and hist.loss:
+        _plot(hist, plot)
+        print(f"saved {plot}")
+    return 130 if interrupted else 0
+
+
+def _cmd_sample(args):
+    from .io import load
+    from .text import sample
+
+    try:
+        model = load(args.model)
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.model}: {exc.strerror or exc}") from None
+    if model.vocab is None:
+        raise CLIError(f"{args.model} holds no vocabulary (it was not trained on text)")
+    text = sample(model, model.vocab, prime=args.prime, length=args.length, temperature=args.temperature,
+                  top_k=args.top_k, seed=args.seed)
+    sys.stdout.write(args.prime + text + "\n")
+    return 0
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        run = _cmd_train if args.command == "train" else _cmd_sample
+        return run(args)
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except (CLIError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        print(f"{PROG}: error:{name} {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,295 @@
+"""Saving and loading models and training checkpoints as ``.npz`` files.
+
+A file is a plain NumPy ``.npz`` archive, read back with
+``allow_pickle=False``; every entry is a numeric or string array:
+
+=====================  ======================================================
+``format``             the string ``"rnn_ext"``
+``format_version``     int, currently 1
+``config/<name>``      input_size, hidden_size, output_size (int), bias,
+                       batch_first (bool), nonlinearity, dtype (str)
+``param/<name>``       U, W, V (and b, c with a bias), in the model's dtype
+``vocab``              optional: the characters' code points, int32 (K,)
+``optimizer/<key>``    optional: ``Optimizer.state_dict()`` entries
+``step``               optional: optimizer steps done, int
+``hidden``             optional: hidden state carried by truncated BPTT, (B, H)
+=====================  ======================================================
+
+The write is atomic: a temporary file in the same directory is written,
+flushed to disk and renamed over ``path``, so a crash never leaves a
+half-written model behind.
+
+Examples
+--------
+>>> rnn_ext.io.save(model, "model.npz", optimizer=opt, step=2000)
+>>> model = rnn_ext.load("model.npz")              # model.vocab if it was trained on text
+>>> ck = rnn_ext.io.load_checkpoint("model.npz")   # ck.model, ck.optimizer, ck.step, ck.hidden
+"""
+
+import os
+import tempfile
+from collections import namedtuple
+
+import numpy as np
+
+__all__ = ["save", "load", "load_checkpoint", "Checkpoint", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_MAGIC = "rnn_ext"
+_DTYPES = ("float32", "float64")
+_NONLINEARITIES = ("tanh", "relu")
+
+Checkpoint = namedtuple("Checkpoint", ["model", "optimizer", "step", "hidden"])
+Checkpoint.__doc__ = """A loaded file.
+
+model : RNN (with ``.vocab`` when one was saved)
+optimizer : rnn_ext.optim.Optimizer bound to ``model``, or None
+step : int or None
+hidden : ndarray of shape (B, H), or None
+"""
+
+
+def save(model, path, *, optimizer=None, step=None, hidden=None):
+    """Write ``model`` (and optionally training state) to ``path`` atomically.
+
+    Parameters
+    ----------
+    model : RNN
+        Its parameters, configuration and ``model.vocab`` (if set).
+    path : str or os.PathLike
+        Used as given (no ``.npz`` suffix is added).
+    optimizer : rnn_ext.optim.Optimizer, optional
+        Its ``state_dict()`` is stored.
+    step : int >= 0, optional
+        Number of optimizer steps taken.
+    hidden : ndarray of shape (B, H), optional
+        Hidden state carried between truncated-BPTT chunks.
+    """
+    path = os.fspath(path)
+    arrays = {
+        "format": np.array(_MAGIC),
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "config/input_size": np.array(model.input_size, dtype=np.int64),
+        "config/hidden_size": np.array(model.hidden_size, dtype=np.int64),
+        "config/output_size": np.array(model.output_size, dtype=np.int64),
+        "config/bias": np.array(bool(model.bias)),
+        "config/batch_first": np.array(bool(model.batch_first)),
+        "config/nonlinearity": np.array(str(model.nonlinearity)),
+        "config/dtype": np.array(np.dtype(model.dtype).name),
+    }
+    for name, p in model.parameters().items():
+        arrays[f"param/{name}"] = np.asarray(p)
+    vocab = getattr(model, "vocab", None)
+    if vocab is not None:
+        arrays["vocab"] = vocab.codepoints
+    if optimizer is not None:
+        for key, value in optimizer.state_dict().items():
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "biufU":
+                raise TypeError(f"optimizer state {key!r} is not numeric or text: {type(value).__name__}")
+            arrays[f"optimizer/{key}"] = arr
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        arrays["step"] = np.array(step, dtype=np.int64)
+    if hidden is not None:
+        hidden = np.asarray(hidden)
+        if hidden.ndim != 2 or hidden.shape[1] != model.hidden_size:
+            raise ValueError(f"hidden must have shape (B, {model.hidden_size}), got {hidden.shape}")
+        arrays["hidden"] = hidden
+    _atomic_savez(path, arrays)
+
+
+def _atomic_savez(path, arrays):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable; not every platform can fsync a directory
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+class _Entries:
+    """Read entries of an open NpzFile, turning every decoding failure into ValueError."""
+
+    def __init__(self, npz, path):
+        self.npz = npz
+        self.path = path
+        self.names = set(npz.files)
+
+    def error(self, msg):
+        return ValueError(f"{self.path}: {msg}")
+
+    def get(self, key, required=True):
+        if key not in self.names:
+            if required:
+                raise self.error(f"missing entry {key!r}; not an rnn_ext model file or a damaged one")
+            return None
+        try:
+            return self.npz[key]
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):
+                raise self.error(f"entry {key!r} holds pickled Python objects, which are refused") from None
+            raise self.error(f"entry {key!r} is unreadable ({exc})") from None
+        except Exception as exc:  # zip/zlib/npy-header errors of a damaged file
+            raise self.error(f"entry {key!r} is unreadable ({type(exc).__name__}: {exc})") from None
+
+    def scalar(self, key, kind, required=True):
+        a = self.get(key, required)
+        if a is None:
+            return None
+        if a.ndim != 0 or a.dtype.kind not in kind:
+            raise self.error(f"entry {key!r} must be a scalar of kind {kind!r}, got {a.dtype} of shape {a.shape}")
+        return a.item()
+
+
+def load_checkpoint(path):
+    """Read a model file with everything it holds.
+
+    Returns
+    -------
+    Checkpoint
+        ``(model, optimizer, step, hidden)``; the last three are None when
+        the file does not hold them.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read (missing, a directory, no permission).
+    ValueError
+        The file is not an ``.npz`` archive, is damaged, holds pickled
+        objects, lacks an entry, has a wrong shape or dtype, or has an
+        unknown format version; the message names the problem.
+    """
+    from . import optim
+    from .model import RNN
+    from .text import Vocab
+
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(f"{path}: not an rnn_ext model file (not an .npz archive)")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: damaged .npz archive ({type(exc).__name__}: {exc})") from None
+    with npz:
+        e = _Entries(npz, path)
+        if e.get("format").dtype.kind != "U" or e.get("format").item() != _MAGIC:
+            raise e.error("not an rnn_ext model file (bad 'format' entry)")
+        version = e.scalar("format_version", "iu")
+        if version != FORMAT_VERSION:
+            raise e.error(f"unknown format version {version}; this rnn_ext reads version {FORMAT_VERSION}")
+
+        cfg = {}
+        for key in ("input_size", "hidden_size", "output_size"):
+            v = e.scalar(f"config/{key}", "iu")
+            if v < 1:
+                raise e.error(f"config/{key} must be >= 1, got {v}")
+            cfg[key] = v
+        for key in ("bias", "batch_first"):
+            cfg[key] = bool(e.scalar(f"config/{key}", "b"))
+        nonlin = e.scalar("config/nonlinearity", "U")
+        if nonlin not in _NONLINEARITIES:
+            raise e.error(f"config/nonlinearity must be one of {_NONLINEARITIES}, got {nonlin!r}")
+        dtype_name = e.scalar("config/dtype", "U")
+        if dtype_name not in _DTYPES:
+            raise e.error(f"config/dtype must be one of {_DTYPES}, got {dtype_name!r}")
+        dtype = np.dtype(dtype_name)
+
+        D, H, K = cfg["input_size"], cfg["hidden_size"], cfg["output_size"]
+        shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
+        if cfg["bias"]:
+            shapes.update(b=(H,), c=(K,))
+        params = {}
+        for name, shape in shapes.items():
+            a = e.get(f"param/{name}")
+            if a.shape != shape:
+                raise e.error(f"param/{name} has shape {a.shape}, expected {shape}")
+            if a.dtype != dtype:
+                raise e.error(f"param/{name} has dtype {a.dtype}, expected {dtype} (config/dtype)")
+            if not np.all(np.isfinite(a)):
+                raise e.error(f"param/{name} holds non-finite values")
+            params[name] = a
+        extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
+        if extra:
+            raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}")
+
+        model = RNN(D, H, K, bias=cfg["bias"], nonlinearity=nonlin, dtype=dtype, batch_first=cfg["batch_first"])
+        for name, a in params.items():
+            setattr(model, name, a)
+
+        cps = e.get("vocab", required=False)
+        if cps is not None:
+            try:
+                vocab = Vocab.from_codepoints(cps)
+            except ValueError as exc:
+                raise e.error(f"bad vocab entry: {exc}") from None
+            if len(vocab) != D or len(vocab) != K:
+                raise e.error(f"the vocab has {len(vocab)} characters but the model maps {D} inputs to {K} outputs")
+            model.vocab = vocab
+
+        step = e.scalar("step", "iu", required=False)
+        if step is not None and step < 0:
+            raise e.error(f"step must be >= 0, got {step}")
+
+        hidden = e.get("hidden", required=False)
+        if hidden is not None:
+            if hidden.ndim != 2 or hidden.shape[1] != H or hidden.dtype != dtype:
+                raise e.error(f"hidden must be a {dtype} array of shape (B, {H}), got {hidden.dtype} {hidden.shape}")
+            if not np.all(np.isfinite(hidden)):
+                raise e.error("hidden holds non-finite values")
+
+        opt_keys = [n for n in e.names if n.startswith("optimizer/")]
+        optimizer = None
+        if opt_keys:
+            state = {}
+            for n in opt_keys:
+                a = e.get(n)
+                state[n[len("optimizer/"):]] = a.item() if a.ndim == 0 else a
+            try:
+                optimizer = optim.from_state_dict(model, state)
+            except (ValueError, TypeError) as exc:
+                raise e.error(f"bad optimizer state: {exc}") from None
+    return Checkpoint(model, optimizer, step, hidden)
+
+
+def load(path):
+    """Read a model saved by :func:`save` (``model.save``).
+
+    Returns
+    -------
+    RNN
+        With ``.vocab`` set when the file holds one.  Use
+        :func:`load_checkpoint` for the optimizer state and step count too.
+
+    Raises
+    ------
+    OSError, ValueError
+        As :func:`load_checkpoint`.
+    """
+    return load_checkpoint(path).model
