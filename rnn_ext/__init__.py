@@ -9,12 +9,14 @@ from . import oracle
 from ._results import ForwardResult, Gradients
 from ._threads import set_num_threads, threads
 from ._version import __version__
+from .gradcheck import gradcheck
 from .model import RNN
 
 __all__ = [
     "RNN",
     "ForwardResult",
     "Gradients",
+    "gradcheck",
     "oracle",
     "set_num_threads",
     "threads",

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Batch", "check_batch", "check_dtype", "check_parameter", "check_size"]
+__all__ = [
+    "Batch",
+    "check_batch",
+    "check_dtype",
+    "check_flag",
+    "check_parameter",
+    "check_seed",
+    "check_size",
+]
 
 _BLAS_INT_MAX = 2**31 - 1
 REDUCTIONS = ("sum", "mean")
@@ -27,6 +35,8 @@ def _describe(a: np.ndarray) -> str:
 
 def _as_array(value: Any, name: str) -> np.ndarray:
     """np.asarray with the errors a user can read."""
+    if value is None:
+        raise TypeError(f"{name} must be a numeric array, got None")
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__} {value!r:.40}")
     try:
@@ -42,6 +52,19 @@ def _as_array(value: Any, name: str) -> np.ndarray:
     return a
 
 
+def _finite_cast(a: np.ndarray, name: str, dtype: np.dtype) -> np.ndarray:
+    """a as an owned C-contiguous array of dtype, refusing NaN, infinity and
+    values that overflow dtype (checked after the cast, which is what counts)."""
+    with np.errstate(over="ignore"):
+        out = np.array(a, dtype=dtype, order="C", copy=True)
+    if not np.isfinite(out).all():
+        if a.dtype.kind == "f" and np.isfinite(a).all():
+            raise ValueError(f"{name} must be finite in {dtype.name}, got values beyond "
+                             f"±{np.finfo(dtype).max:.3g}")
+        raise ValueError(f"{name} must be finite, got NaN or infinity")
+    return out
+
+
 def check_size(name: str, value: Any) -> int:
     """A positive int size (not a bool, not a float)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -54,6 +77,8 @@ def check_size(name: str, value: Any) -> int:
 
 
 def check_dtype(dtype: Any) -> np.dtype:
+    if dtype is None:
+        raise TypeError("dtype must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -68,9 +93,7 @@ def check_parameter(name: str, value: Any, shape: tuple[int, ...], dtype: np.dty
     a = _as_array(value, name)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite, got NaN or infinity")
-    return np.array(a, dtype=dtype, order="C", copy=True)
+    return _finite_cast(a, name, dtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +137,7 @@ def _check_x(x: Any, D: int, dtype: np.dtype, batch_first: bool):
     if a.shape[-1] != D:
         raise ValueError(f"x's last axis must be input_size={D}, got shape {a.shape}")
     batched = a.ndim == 3
-    if not np.isfinite(a).all():
-        raise ValueError("x must be finite, got NaN or infinity")
-    a = _time_major(a, batched, batch_first)
-    xf = np.ascontiguousarray(a, dtype=dtype)
+    xf = _finite_cast(_time_major(a, batched, batch_first), "x", dtype)
     return None, xf, batched, xf.shape[0], (xf.shape[1] if batched else 1)
 
 
@@ -126,6 +146,8 @@ def _check_lengths(lengths: Any, T: int, B: int, batched: bool) -> np.ndarray | 
         return None
     if not batched:
         raise ValueError("lengths needs batched input (T, B, ...); got unbatched x")
+    if isinstance(lengths, (bool, np.bool_)) or np.asarray(lengths).dtype.kind == "b":
+        raise TypeError("lengths must be integers, got booleans")
     a = _as_array(lengths, "lengths")
     if a.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got {_describe(a)}")
@@ -143,9 +165,7 @@ def _check_h0(h0: Any, B: int, H: int, batched: bool, dtype: np.dtype) -> np.nda
     want = (B, H) if batched else (H,)
     if a.shape != want:
         raise ValueError(f"h0 must have shape {want} for this x, got {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError("h0 must be finite, got NaN or infinity")
-    return np.array(a, dtype=dtype, order="C", ndmin=2)
+    return _finite_cast(a, "h0", dtype).reshape(B, H)
 
 
 def _check_y(y: Any, T: int, B: int, K: int, batched: bool, batch_first: bool,
@@ -165,13 +185,12 @@ def _check_y(y: Any, T: int, B: int, K: int, batched: bool, batch_first: bool,
         return np.ascontiguousarray(a, dtype=np.intp).reshape(-1), None
     want = tb + (K,)
     if a.shape != want:
-        raise ValueError(f"y of target rows must have shape {want} to match x and output_size, got {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError("y must be finite, got NaN or infinity")
-    if (a < 0).any():
+        hint = " (float y is read as target rows; pass class ids as an int array)" if a.shape == tb else ""
+        raise ValueError(f"y of target rows must have shape {want} to match x and output_size, got {a.shape}{hint}")
+    ys = _finite_cast(_time_major(a, batched, batch_first), "y", dtype)
+    if (ys < 0).any():
         raise ValueError("y target rows must be non-negative (probabilities), got negative entries")
-    a = _time_major(a, batched, batch_first)
-    return None, np.ascontiguousarray(a, dtype=dtype).reshape(T * B, K)
+    return None, ys.reshape(T * B, K)
 
 
 def check_reduction(reduction: Any) -> str:
@@ -181,9 +200,27 @@ def check_reduction(reduction: Any) -> str:
 
 
 def check_ignore_index(ignore_index: Any) -> int:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
     return int(ignore_index)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed}")
+    return int(seed)
 
 
 def check_batch(x: Any, y: Any, h0: Any, lengths: Any, *, D: int, H: int, K: int,

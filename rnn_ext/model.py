@@ -15,9 +15,11 @@ from ._validation import (
     Batch,
     check_batch,
     check_dtype,
+    check_flag,
     check_ignore_index,
     check_parameter,
     check_reduction,
+    check_seed,
     check_size,
 )
 
@@ -79,28 +81,24 @@ class RNN:
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.output_size = check_size("output_size", output_size)
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        self.bias = check_flag("bias", bias)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-        if not isinstance(batch_first, bool):
-            raise TypeError(f"batch_first must be a bool, got {type(batch_first).__name__}")
-        self.bias = bias
         self.nonlinearity = nonlinearity
         self.dtype = check_dtype(dtype)
-        self.batch_first = batch_first
+        self.batch_first = check_flag("batch_first", batch_first)
         self.vocab = None
         D, H, K = self.input_size, self.hidden_size, self.output_size
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         bound = 1.0 / np.sqrt(H)
 
         def draw(*shape: int) -> np.ndarray:
             return rng.uniform(-bound, bound, size=shape).astype(self.dtype)
 
         self._U, self._W = draw(H, D), draw(H, H)
-        self._b = draw(H) if bias else None
+        self._b = draw(H) if self.bias else None
         self._V = draw(K, H)
-        self._c = draw(K) if bias else None
+        self._c = draw(K) if self.bias else None
 
     # -- parameters ---------------------------------------------------------
 

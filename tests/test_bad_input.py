@@ -91,7 +91,7 @@ X_CASES = [
     pytest.param("hello", TypeError, msg("x must be a numeric array", "str 'hello'"), id="x-string"),
     pytest.param(b"hello", TypeError, msg("x must be a numeric array", "bytes"), id="x-bytes"),
     pytest.param(np.array(["a", "b", "c", "d"]), TypeError, msg("numeric", "<U1"), id="x-array-of-strings"),
-    pytest.param(None, TypeError, msg("numeric", "object"), id="x-None"),
+    pytest.param(None, TypeError, msg("x must be a numeric array", "got None"), id="x-None"),
     pytest.param([[0, 1], [2], [3, 4], [0, 1]], ValueError, msg("rectangular", "list"), id="x-ragged-list"),
 ]
 
@@ -329,7 +329,7 @@ PARAM_CASES = [
     pytest.param("b", full(H, np.nan), ValueError, msg("b must be finite"), id="b-nan"),
     pytest.param("c", full(K, np.nan), ValueError, msg("c must be finite"), id="c-nan"),
     pytest.param("b", None, ValueError, msg("bias=True", "b must be an array of shape (4,)", "got None"), id="b-None-with-bias"),
-    pytest.param("U", None, TypeError, msg("U must be a numeric array", "object"), id="U-None"),
+    pytest.param("U", None, TypeError, msg("U must be a numeric array", "got None"), id="U-None"),
     pytest.param("U", np.zeros((H, D), dtype=complex), TypeError, msg("U must be real", "complex"), id="U-complex"),
     pytest.param("W", np.zeros((H, H), dtype=bool), TypeError, msg("W must hold integers or floats", "booleans"), id="W-bool"),
     pytest.param("V", "weights", TypeError, msg("V must be a numeric array", "str 'weights'"), id="V-string"),
@@ -364,3 +364,36 @@ def test_parameter_beyond_float32_range(name):
     m = model(dtype=np.float32)
     with pytest.raises(ValueError, match=rf"{name}\b.*(finite|float32|range)"):
         setattr(m, name, full(SHAPES[name], 1e39))
+
+
+@pytest.mark.parametrize("seed, exc, match", [
+    pytest.param("abc", TypeError, msg("seed must be a non-negative int or None", "str 'abc'"), id="str"),
+    pytest.param(1.5, TypeError, msg("seed must be a non-negative int or None", "float 1.5"), id="float"),
+    pytest.param(True, TypeError, msg("seed must be a non-negative int or None", "bool"), id="bool"),
+    pytest.param(-1, ValueError, msg("seed must be a non-negative int or None", "-1"), id="negative"),
+])
+def test_bad_seed(seed, exc, match):
+    with pytest.raises(exc, match=match):
+        RNN(3, 4, 5, seed=seed)
+
+
+def test_dtype_none_is_refused_not_float64():
+    with pytest.raises(TypeError, match=msg("dtype must be float32 or float64", "None")):
+        RNN(3, 4, 5, dtype=None)
+
+
+def test_numpy_bools_are_accepted_as_flags():
+    m = RNN(3, 4, 5, bias=np.False_, batch_first=np.True_)
+    assert m.bias is False and m.batch_first is True and m.b is None
+
+
+def test_boolean_lengths_name_integers():
+    m = RNN(3, 4, 5)
+    with pytest.raises(TypeError, match="lengths must be integers, got booleans"):
+        m.forward(np.zeros((4, 2), dtype=int), lengths=[True, True])
+
+
+def test_float_y_shaped_like_ids_gets_a_hint():
+    m = RNN(3, 4, 5)
+    with pytest.raises(ValueError, match="pass class ids as an int array"):
+        m.loss(np.zeros((4, 2), dtype=int), np.zeros((4, 2)))
