@@ -1,0 +1,378 @@
+"""rnn_ext against hoisted NumPy, PyTorch and the BLAS limit, side by side.
+
+    python benchmarks/bench.py                 # the full grid, 1 and 2 threads
+    python benchmarks/bench.py --quick         # a small subset, a minute or two
+    python benchmarks/bench.py --T 100 --B 32 --DK 256 --H 1024 --threads 1
+
+For every case (T, B, D=K, H; float32, integer ids in and out) and thread
+count, each implementation runs each operation: rnn_ext's forward, grad_V and
+loss_and_grad; the same computed by the hoisted NumPy peer (hoisted_numpy.py)
+and by PyTorch (torch_peer.py, when torch is installed).  Implementations are
+interleaved: one timed block of each in turn, repeated; each block loops the
+call enough times to last --min-time, and the reported time per call is the
+median over --repeat blocks after a warm-up.  Before timing, the NumPy and
+PyTorch results are checked against rnn_ext's once per case.  The sgemm rate
+of rnn_ext's BLAS (roofline.py) is measured at the start and end of each
+thread count's run.  A table goes to the screen, CSV and JSON to
+benchmarks/results/.  See benchmarks/README.md for the columns.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+try:
+    import rnn_ext
+except ImportError:  # run from a source tree that was built in place
+    sys.path.insert(0, os.path.dirname(HERE))
+    import rnn_ext
+from rnn_ext import _threads
+
+import hoisted_numpy
+import roofline
+
+try:
+    import torch
+    from torch_peer import TorchPeer
+except ImportError:
+    torch = None
+
+OPS = ("forward", "grad_V", "loss_and_grad")
+IMPLS = ("rnn_ext", "numpy", "torch")
+# Relative tolerance (max |a-b| / max |b|) of a peer's float32 results against rnn_ext's.
+RTOL = 1e-4
+
+
+def flops(op, T, B, D, H, K):
+    """Arithmetic of one call: forward 2·T·B·(D·H + H·H + H·K), fwd+bwd three times that."""
+    fwd = 2.0 * T * B * (D * H + H * H + H * K)
+    if op == "forward":
+        return fwd
+    if op == "grad_V":
+        return fwd + 2.0 * T * B * H * K  # plus the dV GEMM
+    return 3.0 * fwd
+
+
+def int_list(text):
+    return [int(v) for v in text.split(",") if v]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small subset, fewer repeats")
+    parser.add_argument("--threads", type=int_list, default=[1, 2], help="thread counts, e.g. 1,2")
+    parser.add_argument("--repeat", type=int, default=5, help="timed blocks per call (median)")
+    parser.add_argument("--min-time", type=float, default=0.03, help="seconds per timed block")
+    parser.add_argument("--T", type=int_list, default=[25, 100])
+    parser.add_argument("--B", type=int_list, default=[1, 32])
+    parser.add_argument("--DK", type=int_list, default=[65, 256], help="input = output size")
+    parser.add_argument("--H", type=int_list, default=[64, 128, 256, 1024])
+    parser.add_argument("--impl", default=",".join(IMPLS), help="subset of " + ",".join(IMPLS))
+    parser.add_argument("--ops", default=",".join(OPS), help="subset of " + ",".join(OPS))
+    parser.add_argument(
+        "--forced",
+        action="store_true",
+        help="pin rnn_ext's BLAS to the thread count (default above 1 thread: "
+        "rnn_ext's automatic per-call choice, the BLAS at its default count)",
+    )
+    parser.add_argument("--roofline-size", type=int, default=2048)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds to sleep between implementations so the previous one's "
+        "spinning BLAS threads go idle (default 0.1 above one thread, else 0)",
+    )
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--tag", default="", help="added to the output file names")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.T, args.B, args.DK, args.H = [25], [1, 32], [65], [128, 1024]
+        args.repeat = min(args.repeat, 3)
+        args.roofline_size = min(args.roofline_size, 1024)
+    args.impl = [i for i in args.impl.split(",") if i]
+    args.ops = [o for o in args.ops.split(",") if o]
+    if torch is None and "torch" in args.impl:
+        print("torch is not installed: no PyTorch column (pip install torch==2.13.0)")
+        args.impl.remove("torch")
+    for name in args.impl:
+        if name not in IMPLS:
+            parser.error(f"--impl: unknown {name!r}, expected some of {IMPLS}")
+    for name in args.ops:
+        if name not in OPS:
+            parser.error(f"--ops: unknown {name!r}, expected some of {OPS}")
+    return args
+
+
+class NumpyBlas:
+    """Thread limits for NumPy's own BLAS (a separate copy from scipy's in wheels)."""
+
+    def __init__(self):
+        blas = ThreadpoolController().select(user_api="blas")
+        kernel = {i["filepath"] for i in _threads.blas_info()}
+        others = [lib.filepath for lib in blas.lib_controllers if lib.filepath not in kernel]
+        self.controller = blas.select(filepath=others) if others else blas
+
+    def limit(self, n):
+        return self.controller.limit(limits=n)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(np.abs(b).max(), 1e-30)
+    return float(np.abs(a - b).max() / scale)
+
+
+def check_peer(name, loss, grads, ref_loss, ref_grads):
+    """Largest relative error of a peer's loss and gradients against rnn_ext's."""
+    errs = {"loss": abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)}
+    for key, value in grads.items():
+        if torch is not None and isinstance(value, torch.Tensor):
+            value = value.detach().numpy()
+        errs[key] = rel_err(value, getattr(ref_grads, key))
+    worst = max(errs.values())
+    if worst > RTOL:
+        print(f"  !! {name} differs from rnn_ext: {errs}")
+    return worst
+
+
+class Case:
+    """One (T, B, D, H, K) case: an rnn_ext model, the same parameters in the peers."""
+
+    def __init__(self, T, B, D, H, K, impls, seed=0):
+        self.T, self.B, self.D, self.H, self.K = T, B, D, H, K
+        rng = np.random.default_rng(seed)
+        self.x = rng.integers(0, D, (T, B))
+        self.y = rng.integers(0, K, (T, B))
+        self.model = rnn_ext.RNN(D, H, K, seed=seed)
+        self.params = {k: v.copy() for k, v in self.model.parameters().items()}
+        self.torch = TorchPeer(self.params, self.x, self.y) if "torch" in impls else None
+        self.verified = {}
+
+    @property
+    def shape(self):
+        return dict(T=self.T, B=self.B, D=self.D, H=self.H, K=self.K)
+
+    def verify(self, impls):
+        loss, grads = self.model.loss_and_grad(self.x, self.y)
+        if "numpy" in impls:
+            l_np, g_np = hoisted_numpy.loss_and_grad(self.params, self.x, self.y)
+            g_np.pop("h0")
+            self.verified["numpy"] = check_peer("numpy", l_np, g_np, loss, grads)
+        if "torch" in impls:
+            l_t, g_t = self.torch.loss_and_grad()
+            self.verified["torch"] = check_peer("torch", l_t, g_t, loss, grads)
+
+    def call(self, impl, op):
+        """A zero-argument function doing one call of `op` by `impl`."""
+        x, y = self.x, self.y
+        if impl == "rnn_ext":
+            m = self.model
+            return {
+                "forward": lambda: m.forward(x),
+                "grad_V": lambda: m.grad_V(x, y),
+                "loss_and_grad": lambda: m.loss_and_grad(x, y),
+            }[op]
+        if impl == "numpy":
+            p = self.params
+            return {
+                "forward": lambda: hoisted_numpy.forward(p, x),
+                "grad_V": lambda: hoisted_numpy.grad_V(p, x, y),
+                "loss_and_grad": lambda: hoisted_numpy.loss_and_grad(p, x, y),
+            }[op]
+        return getattr(self.torch, op)
+
+
+def time_block(fn, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def thread_context(impl, n, args, numpy_blas):
+    if impl == "rnn_ext":
+        return _threads.threads(n if (n == 1 or args.forced) else None)
+    if impl == "numpy":
+        return numpy_blas.limit(n)
+    return _threads._NO_CHANGE  # torch: torch.set_num_threads, once per thread count
+
+
+def run_case(case, n, args, numpy_blas):
+    """{(impl, op): [seconds per call, one per repeat]} for one case and thread count."""
+    settle = args.settle if args.settle is not None else (0.1 if n > 1 else 0.0)
+    pairs = [(impl, op) for op in args.ops for impl in args.impl]
+    calls = {}
+    for impl, op in pairs:  # warm-up, and how many calls fill --min-time
+        fn = case.call(impl, op)
+        with thread_context(impl, n, args, numpy_blas):
+            once = time_block(fn, 1)
+            once = min(once, time_block(fn, 1))
+        calls[impl, op] = max(1, int(args.min_time / max(once, 1e-7)))
+    times = {pair: [] for pair in pairs}
+    for _ in range(args.repeat):
+        for impl, op in pairs:
+            if settle:
+                time.sleep(settle)
+            fn = case.call(impl, op)
+            with thread_context(impl, n, args, numpy_blas):
+                times[impl, op].append(time_block(fn, calls[impl, op]))
+    return times, calls
+
+
+def measure_roofline(n, args):
+    median, best = roofline.sgemm_gflops(args.roofline_size, n, repeat=max(3, args.repeat))
+    return {"median": median, "best": best}
+
+
+def fmt_ms(seconds):
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_x(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+HEADER = (
+    f"{'thr':>3} {'T':>4} {'B':>3} {'D=K':>4} {'H':>5} {'op':<13} "
+    f"{'rnn_ext ms':>10} {'numpy ms':>9} {'torch ms':>9} {'GFLOP/s':>8} "
+    f"{'vs numpy':>8} {'vs torch':>8} {'roofline':>8}"
+)
+
+
+def table_line(row):
+    roof = row["roofline_frac"]
+    return (
+        f"{row['threads']:>3} {row['T']:>4} {row['B']:>3} {row['D']:>4} {row['H']:>5} "
+        f"{row['op']:<13} {fmt_ms(row['rnn_ext_s']):>10} {fmt_ms(row['numpy_s']):>9} "
+        f"{fmt_ms(row['torch_s']):>9} "
+        f"{'-' if row['rnn_ext_gflops'] is None else format(row['rnn_ext_gflops'], '.1f'):>8} "
+        f"{fmt_x(row['vs_numpy']):>8} {fmt_x(row['vs_torch']):>8} "
+        f"{'-' if roof is None else format(100 * roof, '.0f') + '%':>8}"
+    )
+
+
+def machine_info():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": __import__("scipy").__version__,
+        "torch": None if torch is None else torch.__version__,
+        "rnn_ext": getattr(rnn_ext, "__version__", "?"),
+        "kernel_blas": roofline.blas_description(),
+        "env": {k: os.environ[k] for k in os.environ if "BLAS" in k or k.startswith("OMP_")},
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = machine_info()
+    print(
+        f"{info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}, "
+        f"scipy {info['scipy']}, torch {info['torch']}, rnn_ext {info['rnn_ext']}"
+    )
+    print(f"rnn_ext's BLAS: {info['kernel_blas']}; load average {os.getloadavg()[0]:.2f}")
+    numpy_blas = NumpyBlas()
+    cases = [
+        (T, B, DK, H, DK) for T in args.T for B in args.B for DK in args.DK for H in args.H
+    ]
+    rows, rooflines, started = [], {}, time.time()
+    for n in args.threads:
+        if torch is not None:
+            torch.set_num_threads(n)
+        roof = measure_roofline(n, args)
+        print(
+            f"\n== {n} thread(s): sgemm {args.roofline_size}^3 {roof['median']:.1f} GFLOP/s "
+            "(roofline column provisional until the closing sgemm)"
+        )
+        print(HEADER)
+        for T, B, D, H, K in cases:
+            case = Case(T, B, D, H, K, args.impl)
+            case.verify(args.impl)
+            load = os.getloadavg()[0]
+            times, calls = run_case(case, n, args, numpy_blas)
+            for op in args.ops:
+                med = {
+                    impl: statistics.median(times[impl, op]) if (impl, op) in times else None
+                    for impl in IMPLS
+                }
+                ours = med["rnn_ext"]
+                gflops = None if ours is None else flops(op, T, B, D, H, K) / ours / 1e9
+                row = dict(
+                    threads=n, T=T, B=B, D=D, H=H, K=K, op=op,
+                    rnn_ext_s=ours, numpy_s=med["numpy"], torch_s=med["torch"],
+                    rnn_ext_gflops=gflops,
+                    vs_numpy=None if None in (ours, med["numpy"]) else med["numpy"] / ours,
+                    vs_torch=None if None in (ours, med["torch"]) else med["torch"] / ours,
+                    roofline_frac=None,  # filled in once the closing sgemm is measured
+                    numpy_err=case.verified.get("numpy"), torch_err=case.verified.get("torch"),
+                    load=load,
+                    raw={f"{impl}": times[impl, op] for impl in IMPLS if (impl, op) in times},
+                    calls_per_block={impl: calls[impl, op] for impl in IMPLS if (impl, op) in calls},
+                )
+                row["roofline_frac"] = None if gflops is None else gflops / roof["median"]
+                rows.append(row)
+                print(table_line(row), flush=True)
+        end = measure_roofline(n, args)
+        roof = {"start": roof, "end": end, "gflops": max(roof["median"], end["median"])}
+        rooflines[n] = roof
+        for row in rows:
+            if row["threads"] == n and row["rnn_ext_gflops"] is not None:
+                row["roofline_frac"] = row["rnn_ext_gflops"] / roof["gflops"]
+        print(
+            f"sgemm at {n} thread(s): {roof['start']['median']:.1f} GFLOP/s at the start, "
+            f"{end['median']:.1f} at the end; the roofline column uses {roof['gflops']:.1f}"
+        )
+    print_final(rows, rooflines)
+    save(rows, rooflines, info, args, time.time() - started)
+
+
+def print_final(rows, rooflines):
+    """The whole table again, the roofline column against each thread count's final sgemm."""
+    print("\nmedian ms per call; vs = peer's time / rnn_ext's; roofline = rnn_ext GFLOP/s / sgemm GFLOP/s")
+    for n, roof in rooflines.items():
+        print(f"\n{n} thread(s), sgemm {roof['gflops']:.1f} GFLOP/s")
+        print(HEADER)
+        for row in rows:
+            if row["threads"] == n:
+                print(table_line(row))
+
+
+def save(rows, rooflines, info, args, seconds):
+    os.makedirs(args.out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(args.out, f"bench-{stamp}{'-' + args.tag if args.tag else ''}")
+    meta = dict(info, args={k: v for k, v in vars(args).items()}, seconds=seconds, rooflines=rooflines)
+    with open(base + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    fields = [k for k in rows[0] if k not in ("raw", "calls_per_block")] if rows else []
+    with open(base + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\n{len(rows)} rows in {seconds / 60:.1f} min -> {base}.csv, {base}.json")
+
+
+if __name__ == "__main__":
+    main()
