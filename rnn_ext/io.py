@@ -182,99 +182,101 @@ def load_checkpoint(path):
         objects, lacks an entry, has a wrong shape or dtype, or has an
         unknown format version; the message names the problem.
     """
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        if fh.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+            raise ValueError(f"{path}: not an rnn_ext model file (not an .npz archive)")
+        fh.seek(0)
+        try:
+            npz = np.load(fh, allow_pickle=False)
+        except Exception as exc:  # zipfile's errors for a damaged archive
+            raise ValueError(f"{path}: damaged .npz archive ({type(exc).__name__}: {exc})") from None
+        with npz:
+            return _read_checkpoint(_Entries(npz, path))
+
+
+def _read_checkpoint(e):
     from . import optim
     from .model import RNN
     from .text import Vocab
 
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise ValueError(f"{path}: not an rnn_ext model file (not an .npz archive)")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except OSError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: damaged .npz archive ({type(exc).__name__}: {exc})") from None
-    with npz:
-        e = _Entries(npz, path)
-        if e.get("format").dtype.kind != "U" or e.get("format").item() != _MAGIC:
-            raise e.error("not an rnn_ext model file (bad 'format' entry)")
-        version = e.scalar("format_version", "iu")
-        if version != FORMAT_VERSION:
-            raise e.error(f"unknown format version {version}; this rnn_ext reads version {FORMAT_VERSION}")
+    fmt = e.get("format")
+    if fmt.dtype.kind != "U" or fmt.ndim != 0 or fmt.item() != _MAGIC:
+        raise e.error("not an rnn_ext model file (bad 'format' entry)")
+    version = e.scalar("format_version", "iu")
+    if version != FORMAT_VERSION:
+        raise e.error(f"unknown format version {version}; this rnn_ext reads version {FORMAT_VERSION}")
 
-        cfg = {}
-        for key in ("input_size", "hidden_size", "output_size"):
-            v = e.scalar(f"config/{key}", "iu")
-            if v < 1:
-                raise e.error(f"config/{key} must be >= 1, got {v}")
-            cfg[key] = v
-        for key in ("bias", "batch_first"):
-            cfg[key] = bool(e.scalar(f"config/{key}", "b"))
-        nonlin = e.scalar("config/nonlinearity", "U")
-        if nonlin not in _NONLINEARITIES:
-            raise e.error(f"config/nonlinearity must be one of {_NONLINEARITIES}, got {nonlin!r}")
-        dtype_name = e.scalar("config/dtype", "U")
-        if dtype_name not in _DTYPES:
-            raise e.error(f"config/dtype must be one of {_DTYPES}, got {dtype_name!r}")
-        dtype = np.dtype(dtype_name)
+    cfg = {}
+    for key in ("input_size", "hidden_size", "output_size"):
+        v = e.scalar(f"config/{key}", "iu")
+        if v < 1:
+            raise e.error(f"config/{key} must be >= 1, got {v}")
+        cfg[key] = v
+    for key in ("bias", "batch_first"):
+        cfg[key] = bool(e.scalar(f"config/{key}", "b"))
+    nonlin = e.scalar("config/nonlinearity", "U")
+    if nonlin not in _NONLINEARITIES:
+        raise e.error(f"config/nonlinearity must be one of {_NONLINEARITIES}, got {nonlin!r}")
+    dtype_name = e.scalar("config/dtype", "U")
+    if dtype_name not in _DTYPES:
+        raise e.error(f"config/dtype must be one of {_DTYPES}, got {dtype_name!r}")
+    dtype = np.dtype(dtype_name)
 
-        D, H, K = cfg["input_size"], cfg["hidden_size"], cfg["output_size"]
-        shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
-        if cfg["bias"]:
-            shapes.update(b=(H,), c=(K,))
-        params = {}
-        for name, shape in shapes.items():
-            a = e.get(f"param/{name}")
-            if a.shape != shape:
-                raise e.error(f"param/{name} has shape {a.shape}, expected {shape}")
-            if a.dtype != dtype:
-                raise e.error(f"param/{name} has dtype {a.dtype}, expected {dtype} (config/dtype)")
-            if not np.all(np.isfinite(a)):
-                raise e.error(f"param/{name} holds non-finite values")
-            params[name] = a
-        extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
-        if extra:
-            raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}")
+    D, H, K = cfg["input_size"], cfg["hidden_size"], cfg["output_size"]
+    shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
+    if cfg["bias"]:
+        shapes.update(b=(H,), c=(K,))
+    params = {}
+    for name, shape in shapes.items():
+        a = e.get(f"param/{name}")
+        if a.shape != shape:
+            raise e.error(f"param/{name} has shape {a.shape}, expected {shape}")
+        if a.dtype != dtype:
+            raise e.error(f"param/{name} has dtype {a.dtype}, expected {dtype} (config/dtype)")
+        if not np.all(np.isfinite(a)):
+            raise e.error(f"param/{name} holds non-finite values")
+        params[name] = a
+    extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
+    if extra:
+        raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}")
 
-        model = RNN(D, H, K, bias=cfg["bias"], nonlinearity=nonlin, dtype=dtype, batch_first=cfg["batch_first"])
-        for name, a in params.items():
-            setattr(model, name, a)
+    model = RNN(D, H, K, bias=cfg["bias"], nonlinearity=nonlin, dtype=dtype, batch_first=cfg["batch_first"])
+    for name, a in params.items():
+        setattr(model, name, a)
 
-        cps = e.get("vocab", required=False)
-        if cps is not None:
-            try:
-                vocab = Vocab.from_codepoints(cps)
-            except ValueError as exc:
-                raise e.error(f"bad vocab entry: {exc}") from None
-            if len(vocab) != D or len(vocab) != K:
-                raise e.error(f"the vocab has {len(vocab)} characters but the model maps {D} inputs to {K} outputs")
-            model.vocab = vocab
+    cps = e.get("vocab", required=False)
+    if cps is not None:
+        try:
+            vocab = Vocab.from_codepoints(cps)
+        except ValueError as exc:
+            raise e.error(f"bad vocab entry: {exc}") from None
+        if len(vocab) != D or len(vocab) != K:
+            raise e.error(f"the vocab has {len(vocab)} characters but the model maps {D} inputs to {K} outputs")
+        model.vocab = vocab
 
-        step = e.scalar("step", "iu", required=False)
-        if step is not None and step < 0:
-            raise e.error(f"step must be >= 0, got {step}")
+    step = e.scalar("step", "iu", required=False)
+    if step is not None and step < 0:
+        raise e.error(f"step must be >= 0, got {step}")
 
-        hidden = e.get("hidden", required=False)
-        if hidden is not None:
-            if hidden.ndim != 2 or hidden.shape[1] != H or hidden.dtype != dtype:
-                raise e.error(f"hidden must be a {dtype} array of shape (B, {H}), got {hidden.dtype} {hidden.shape}")
-            if not np.all(np.isfinite(hidden)):
-                raise e.error("hidden holds non-finite values")
+    hidden = e.get("hidden", required=False)
+    if hidden is not None:
+        if hidden.ndim != 2 or hidden.shape[1] != H or hidden.dtype != dtype:
+            raise e.error(f"hidden must be a {dtype} array of shape (B, {H}), got {hidden.dtype} {hidden.shape}")
+        if not np.all(np.isfinite(hidden)):
+            raise e.error("hidden holds non-finite values")
 
-        opt_keys = [n for n in e.names if n.startswith("optimizer/")]
-        optimizer = None
-        if opt_keys:
-            state = {}
-            for n in opt_keys:
-                a = e.get(n)
-                state[n[len("optimizer/"):]] = a.item() if a.ndim == 0 else a
-            try:
-                optimizer = optim.from_state_dict(model, state)
-            except (ValueError, TypeError) as exc:
-                raise e.error(f"bad optimizer state: {exc}") from None
+    opt_keys = [n for n in e.names if n.startswith("optimizer/")]
+    optimizer = None
+    if opt_keys:
+        state = {}
+        for n in opt_keys:
+            a = e.get(n)
+            state[n[len("optimizer/"):]] = a.item() if a.ndim == 0 else a
+        try:
+            optimizer = optim.from_state_dict(model, state)
+        except (ValueError, TypeError) as exc:
+            raise e.error(f"bad optimizer state: {exc}") from None
     return Checkpoint(model, optimizer, step, hidden)
 
 

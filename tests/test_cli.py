@@ -1,0 +1,197 @@
+"""The rnn-ext command line, run as a subprocess: exit codes, messages, files written."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnn_ext
+import rnn_ext.io as rio
+from rnn_ext.cli import main
+
+TEXT = "Sing, O goddess, the anger of Achilles son of Peleus, that brought countless ills.\n" * 8
+TINY = ["--hidden", "8", "--seq-len", "6", "--batch", "2", "--steps", "12", "--eval-every", "0",
+        "--sample-every", "0"]
+
+
+def run(*args, cwd=None, timeout=120):
+    env = dict(os.environ)
+    root = str(Path(rnn_ext.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONIOENCODING"] = "utf-8"
+    return subprocess.run([sys.executable, "-m", "rnn_ext", *map(str, args)], capture_output=True,
+                          text=True, encoding="utf-8", cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("rnn-ext: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "text.txt").write_text(TEXT, encoding="utf-8")
+    r = run("train", d / "text.txt", *TINY, "--out", d / "m.npz", cwd=d)
+    assert r.returncode == 0, r.stderr
+    return d, r
+
+
+def test_train_writes_model_and_reports_bits_per_char(trained):
+    d, r = trained
+    assert "bits/char" in r.stdout and "validation loss" in r.stdout
+    assert "chars/s" in r.stdout and "saved" in r.stdout
+    ck = rio.load_checkpoint(d / "m.npz")
+    assert ck.model.hidden_size == 8
+    assert ck.model.vocab.chars == "".join(sorted(set(TEXT)))
+    assert ck.step == 12 and ck.optimizer is not None
+    assert "Traceback" not in r.stderr
+
+
+def test_train_is_reproducible(trained, tmp_path):
+    d, _ = trained
+    r = run("train", d / "text.txt", *TINY, "--out", tmp_path / "again.npz", "--quiet")
+    assert r.returncode == 0, r.stderr
+    a, b = rio.load(d / "m.npz"), rio.load(tmp_path / "again.npz")
+    for k, p in a.parameters().items():
+        np.testing.assert_array_equal(p, b.parameters()[k])
+
+
+def test_train_progress_and_samples(tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    args = ["--hidden", "8", "--seq-len", "6", "--batch", "2", "--steps", "10", "--sample-every", "5",
+            "--eval-every", "5", "--out", tmp_path / "m.npz"]
+    r = run("train", tmp_path / "t.txt", *args)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("--- sample after") == 2
+    assert "10/10" in r.stderr and "bpc" in r.stderr  # the progress bar
+
+
+def test_sample_prints_prime_and_is_reproducible(trained):
+    d, _ = trained
+    a = run("sample", d / "m.npz", "--length", "40", "--prime", "Sing", "--seed", "1")
+    b = run("sample", d / "m.npz", "--length", "40", "--prime", "Sing", "--seed", "1")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout
+    assert a.stdout.startswith("Sing") and len(a.stdout.rstrip("\n")) >= 44 - 1
+    g1 = run("sample", d / "m.npz", "--length", "30", "--temperature", "0")
+    g2 = run("sample", d / "m.npz", "--length", "30", "--temperature", "0", "--seed", "5")
+    assert g1.returncode == 0 and g1.stdout == g2.stdout
+
+
+def test_plot(trained, tmp_path):
+    d, _ = trained
+    r = run("train", d / "text.txt", *TINY, "--out", tmp_path / "m.npz", "--plot", tmp_path / "loss.png",
+            "--quiet")
+    assert r.returncode == 0, r.stderr
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "pip install 'rnn-ext[plot]'" in r.stderr
+        assert not (tmp_path / "loss.png").exists()
+    else:
+        assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "m.npz").exists()
+
+
+def test_default_corpus(tmp_path):
+    pytest.importorskip("pydoc_data.topics")
+    r = run("train", "--hidden", "4", "--steps", "2", "--eval-every", "0", "--sample-every", "0",
+            "--out", tmp_path / "m.npz")
+    assert r.returncode == 0, r.stderr
+    assert "pydoc_data.topics" in r.stdout
+    assert (tmp_path / "m.npz").exists()
+
+
+def test_python_dash_m_and_version():
+    r = run("--version")
+    assert r.returncode == 0 and rnn_ext.__version__ in r.stdout
+    r = run("train", "--help")
+    assert r.returncode == 0 and "--seq-len" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("rnn-ext") is None, reason="console script not installed")
+def test_console_script():
+    r = subprocess.run(["rnn-ext", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "rnn-ext" in r.stdout
+
+
+# -- errors: one line on stderr, exit code 2 ------------------------------------
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(run("train", tmp_path / "nope.txt", *TINY), "nope.txt")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.txt").write_bytes(b"")
+    assert_one_line_error(run("train", tmp_path / "e.txt", *TINY), "empty")
+
+
+def test_binary_file(tmp_path):
+    (tmp_path / "b.bin").write_bytes(bytes(range(256)) * 4)
+    assert_one_line_error(run("train", tmp_path / "b.bin", *TINY), "binary")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    assert_one_line_error(run("train", tmp_path / "latin1.txt", *TINY), "not UTF-8")
+
+
+def test_text_shorter_than_one_chunk(tmp_path):
+    (tmp_path / "s.txt").write_text("just a few words\n", encoding="utf-8")
+    assert_one_line_error(run("train", tmp_path / "s.txt", "--seq-len", "25", "--batch", "32"), "too short")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--hidden", "0"], "--hidden"),
+        (["--seq-len", "-3"], "--seq-len"),
+        (["--batch", "x"], "--batch"),
+        (["--steps", "0"], "--steps"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "-1e-3"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--clip", "-5"], "--clip"),
+        (["--val-fraction", "1"], "--val-fraction"),
+        (["--optimizer", "lbfgs"], "--optimizer"),
+        (["--optimizer", "sgd"], "--lr"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_options(trained, args, fragment, capsys):
+    # In-process (main(argv)) to keep the suite fast; the subprocess tests above
+    # cover the same error path end to end.
+    d, _ = trained
+    code = main(["train", str(d / "text.txt"), *TINY, *args, "--out", str(d / "x.npz")])
+    out, err = capsys.readouterr()
+    assert_one_line_error(subprocess.CompletedProcess([], code, out, err), fragment)
+    assert not (d / "x.npz").exists()
+
+
+def test_sample_errors(trained, tmp_path):
+    d, _ = trained
+    assert_one_line_error(run("sample", tmp_path / "missing.npz"), "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a model at all")
+    assert_one_line_error(run("sample", tmp_path / "junk.npz"), "not an rnn_ext model file")
+    data = (d / "m.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run("sample", tmp_path / "cut.npz"), "cut.npz")
+    assert_one_line_error(run("sample", d / "m.npz", "--prime", "Zzz~"), "not in the vocabulary")
+    assert_one_line_error(run("sample", d / "m.npz", "--temperature", "-1"), "--temperature")
+    assert_one_line_error(run("sample", d / "m.npz", "--length", "-5"), "--length")
+    bare = rnn_ext.RNN(3, 4, 3)
+    bare.save(tmp_path / "bare.npz")
+    assert_one_line_error(run("sample", tmp_path / "bare.npz"), "no vocabulary")
+
+
+def test_no_command():
+    r = run()
+    assert r.returncode == 2 and "train" in r.stderr

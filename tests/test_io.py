@@ -1,0 +1,265 @@
+"""Model files: round trips, resumed training, atomic writes, damaged files rejected."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import rnn_ext.io as rio
+from rnn_ext import RNN
+from rnn_ext.optim import Adagrad, Adam
+from rnn_ext.text import Vocab
+from rnn_ext.training import Trainer
+
+TEXT = "to be or not to be, that is the question. " * 10
+SMALL = dict(hidden=8, seq_len=5, batch=3, seed=2)
+
+
+def same_model(a, b):
+    assert (a.input_size, a.hidden_size, a.output_size) == (b.input_size, b.hidden_size, b.output_size)
+    assert (a.bias, a.nonlinearity, a.dtype, a.batch_first) == (b.bias, b.nonlinearity, b.dtype, b.batch_first)
+    pa, pb = a.parameters(), b.parameters()
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert pb[k].dtype == pa[k].dtype
+        np.testing.assert_array_equal(pb[k], pa[k])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(bias=False), dict(nonlinearity="relu"), dict(dtype=np.float64), dict(batch_first=True)],
+    ids=["default", "no-bias", "relu", "float64", "batch-first"],
+)
+def test_round_trip(tmp_path, kw):
+    m = RNN(4, 5, 3, seed=1, **kw)
+    path = tmp_path / "m.npz"
+    rio.save(m, path)
+    back = rio.load(path)
+    same_model(m, back)
+    assert back.vocab is None
+    ck = rio.load_checkpoint(str(path))
+    assert ck.optimizer is None and ck.step is None and ck.hidden is None
+
+
+def test_round_trip_with_vocab_and_model_save(tmp_path):
+    v = Vocab.from_text("héllo wörld 🙂")
+    m = RNN(len(v), 6, len(v), seed=0)
+    m.vocab = v
+    path = tmp_path / "m.npz"
+    m.save(path)
+    back = rio.load(path)
+    same_model(m, back)
+    assert back.vocab == v
+
+
+def test_file_is_plain_npz_without_pickles(tmp_path):
+    m = RNN(3, 4, 3, seed=0)
+    m.vocab = Vocab("abc")
+    opt = Adam(m)
+    path = tmp_path / "m.npz"
+    rio.save(m, path, optimizer=opt, step=0)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    assert all(a.dtype != object for a in arrays.values())
+    assert arrays["format_version"] == rio.FORMAT_VERSION
+    assert "param/U" in arrays and "config/hidden_size" in arrays and "vocab" in arrays
+    assert str(arrays["optimizer/type"]) == "Adam"
+
+
+def test_optimizer_state_and_step_round_trip(tmp_path):
+    m = RNN(3, 4, 3, seed=0, dtype=np.float64)
+    opt = Adagrad(m, lr=0.3)
+    rng = np.random.default_rng(0)
+    opt.step({k: rng.standard_normal(p.shape) for k, p in m.parameters().items()})
+    h = rng.standard_normal((2, 4))
+    path = tmp_path / "ck.npz"
+    rio.save(m, path, optimizer=opt, step=17, hidden=h)
+    ck = rio.load_checkpoint(path)
+    same_model(m, ck.model)
+    assert isinstance(ck.optimizer, Adagrad) and ck.optimizer.model is ck.model
+    assert ck.optimizer.lr == 0.3
+    np.testing.assert_array_equal(ck.optimizer.state["U"]["sum"], opt.state["U"]["sum"])
+    assert ck.step == 17
+    np.testing.assert_array_equal(ck.hidden, h)
+
+
+def test_resumed_training_is_identical(tmp_path):
+    kw = dict(SMALL, seq_len=20, batch=6)
+    straight = Trainer(None, TEXT, **kw)
+    straight.run(12, final_eval=False)
+    # 12 steps cross the end of a pass (chunks_per_pass is smaller), so the resume
+    # must also restore the carried state and the position in the text.
+    assert straight.chunks_per_pass < 12
+
+    first = Trainer(None, TEXT, **kw)
+    first.run(5, final_eval=False)
+    path = tmp_path / "ck.npz"
+    first.save(path)
+    resumed = Trainer.resume(rio.load_checkpoint(path), TEXT, **kw)
+    assert resumed.step == 5
+    hist = resumed.run(7, final_eval=False)
+    assert hist.step == 12
+    same_model(straight.model, resumed.model)
+    np.testing.assert_array_equal(straight.h, resumed.h)
+
+
+def test_resume_rejects_wrong_batch(tmp_path):
+    tr = Trainer(None, TEXT, **SMALL)
+    tr.run(2, final_eval=False)
+    tr.save(tmp_path / "ck.npz")
+    with pytest.raises(ValueError, match="batch=2"):
+        Trainer.resume(rio.load_checkpoint(tmp_path / "ck.npz"), TEXT, **dict(SMALL, batch=2))
+
+
+# -- atomic write ----------------------------------------------------------------
+
+
+def test_overwrite_and_no_leftover_temp_files(tmp_path):
+    path = tmp_path / "m.npz"
+    rio.save(RNN(3, 4, 3, seed=0), path)
+    m2 = RNN(3, 4, 3, seed=1)
+    rio.save(m2, path)
+    same_model(m2, rio.load(path))
+    assert os.listdir(tmp_path) == ["m.npz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    old = RNN(3, 4, 3, seed=0)
+    rio.save(old, path)
+
+    def broken_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rio.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        rio.save(RNN(3, 4, 3, seed=1), path)
+    monkeypatch.undo()
+    same_model(old, rio.load(path))
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_save_bad_arguments(tmp_path):
+    m = RNN(3, 4, 3)
+    with pytest.raises(ValueError, match="step"):
+        rio.save(m, tmp_path / "m.npz", step=-1)
+    with pytest.raises(ValueError, match="hidden"):
+        rio.save(m, tmp_path / "m.npz", hidden=np.zeros((2, 5)))
+    assert not os.listdir(tmp_path)
+
+
+# -- damaged files -----------------------------------------------------------------
+
+
+def good_arrays(**kw):
+    m = RNN(3, 4, 3, seed=0, **kw)
+    m.vocab = Vocab("abc")
+    opt = Adam(m)
+    opt.step({k: np.ones_like(p) for k, p in m.parameters().items()})
+    return m, opt
+
+
+def write_variant(tmp_path, edit):
+    """Save a good checkpoint, apply `edit` to its dict of arrays, write it back with np.savez."""
+    m, opt = good_arrays()
+    path = tmp_path / "good.npz"
+    rio.save(m, path, optimizer=opt, step=1, hidden=np.zeros((1, 4), np.float32))
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    edit(arrays)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    return bad
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda a: a.pop("param/W"), "missing entry 'param/W'"),
+        (lambda a: a.pop("config/hidden_size"), "missing entry 'config/hidden_size'"),
+        (lambda a: a.pop("format_version"), "format_version"),
+        (lambda a: a.update(format_version=np.array(99)), "unknown format version 99"),
+        (lambda a: a.update(format=np.array("something")), "not an rnn_ext model file"),
+        (lambda a: a.update({"param/U": np.zeros((4, 2), np.float32)}), r"param/U has shape \(4, 2\), expected \(4, 3\)"),
+        (lambda a: a.update({"param/V": a["param/V"].astype(np.float64)}), "param/V has dtype float64"),
+        (lambda a: a.update({"param/b": np.full(4, np.nan, np.float32)}), "param/b holds non-finite"),
+        (lambda a: a.update({"param/U": np.array([object()] * 12, dtype=object).reshape(4, 3)}), "param/U.*pickled"),
+        (lambda a: a.update({"config/dtype": np.array("float16")}), "config/dtype"),
+        (lambda a: a.update({"config/nonlinearity": np.array("sigmoid")}), "config/nonlinearity"),
+        (lambda a: a.update({"config/hidden_size": np.array(0)}), "config/hidden_size must be >= 1"),
+        (lambda a: a.update({"config/hidden_size": np.array([4, 4])}), "config/hidden_size.*scalar"),
+        (lambda a: a.update({"config/bias": np.array(1.5)}), "config/bias"),
+        (lambda a: a.update(vocab=np.array([97, 98], np.int32)), "vocab has 2 characters"),
+        (lambda a: a.update(vocab=np.array([97, 97, 98], np.int32)), "bad vocab"),
+        (lambda a: a.update(step=np.array(-3)), "step must be >= 0"),
+        (lambda a: a.update(hidden=np.zeros((1, 5), np.float32)), "hidden must be"),
+        (lambda a: a.update({"optimizer/U.exp_avg": np.zeros((2, 2), np.float32)}), "bad optimizer state.*U.exp_avg"),
+        (lambda a: a.update({"optimizer/type": np.array("Nadam")}), "bad optimizer state.*Nadam"),
+        (lambda a: a.update({"param/extra": np.zeros(3, np.float32)}), "unexpected parameters"),
+    ],
+)
+def test_bad_entries_rejected(tmp_path, edit, match):
+    bad = write_variant(tmp_path, edit)
+    with pytest.raises(ValueError, match=match):
+        rio.load(bad)
+
+
+def test_bias_false_file_rejects_bias_arrays(tmp_path):
+    def edit(a):
+        a["config/bias"] = np.array(False)
+
+    with pytest.raises(ValueError, match="unexpected parameters"):
+        rio.load(write_variant(tmp_path, edit))
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "m.npz"
+    m, opt = good_arrays()
+    rio.save(m, path, optimizer=opt)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 30, 200):
+        (tmp_path / "t.npz").write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="t.npz"):
+            rio.load(tmp_path / "t.npz")
+
+
+def test_corrupted_member_bytes(tmp_path):
+    path = tmp_path / "m.npz"
+    rio.save(RNN(3, 4, 3, seed=0), path)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("param/W.npy")
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + 140  # inside W's data
+    data[start : start + 8] = b"\xff" * 8
+    (tmp_path / "c.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="param/W"):
+        rio.load(tmp_path / "c.npz")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a model", b"\x93NUMPY\x01\x00garbage", b"\x80\x04\x95pickle"])
+def test_not_an_npz(tmp_path, content):
+    path = tmp_path / "x.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not an rnn_ext model file"):
+        rio.load(path)
+
+
+def test_plain_npy_saved_as_npz_rejected(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, a=np.arange(3))
+    with pytest.raises(ValueError, match="missing entry 'format'"):
+        rio.load(path)
+
+
+def test_io_errors_are_oserror(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        rio.load(tmp_path / "missing.npz")
+    with pytest.raises(IsADirectoryError):
+        rio.load(tmp_path)
+    with pytest.raises(OSError):
+        rio.save(RNN(3, 4, 3), tmp_path / "no" / "such" / "dir.npz")

@@ -1,0 +1,222 @@
+"""Vocabulary, batching into parallel streams, chunking, and sampling."""
+
+import numpy as np
+import pytest
+
+from rnn_ext import RNN
+from rnn_ext.text import Vocab, batchify, default_corpus, iter_chunks, num_chunks, sample
+
+TEXT = "hello world, the quick brown fox\njumps over the lazy dog.\n" * 3
+
+# -- Vocab ---------------------------------------------------------------------
+
+
+def test_vocab_sorted_unique_and_round_trip():
+    v = Vocab.from_text(TEXT)
+    assert v.chars == "".join(sorted(set(TEXT)))
+    assert len(v) == len(set(TEXT))
+    ids = v.encode(TEXT)
+    assert ids.dtype == np.int64 and ids.shape == (len(TEXT),)
+    assert ids.min() >= 0 and ids.max() < len(v)
+    assert v.decode(ids) == TEXT
+    assert v.decode(ids.reshape(3, -1)) == TEXT
+    assert v.decode(list(ids[:5])) == TEXT[:5]
+    assert v.decode(int(ids[0])) == TEXT[0]
+    assert v.encode("").shape == (0,)
+    assert v.decode([]) == ""
+
+
+def test_vocab_ids_follow_sorted_order():
+    v = Vocab.from_text("cab")
+    np.testing.assert_array_equal(v.encode("abcab"), [0, 1, 2, 0, 1])
+
+
+def test_vocab_beyond_ascii_and_bmp():
+    text = "naïve café — 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🙂 ok"
+    v = Vocab.from_text(text)
+    assert v.decode(v.encode(text)) == text
+    assert "🙂" in v and "x" not in v
+
+
+def test_vocab_codepoints_round_trip():
+    v = Vocab.from_text("zyx€🙂\n")
+    cps = v.codepoints
+    assert cps.dtype == np.int32
+    assert Vocab.from_codepoints(cps) == v
+
+
+def test_vocab_in_given_order():
+    v = Vocab("ba")
+    np.testing.assert_array_equal(v.encode("ab"), [1, 0])
+    assert v != Vocab("ab")
+
+
+def test_unknown_character_is_named():
+    v = Vocab.from_text("abc")
+    with pytest.raises(ValueError, match=r"'z'.*position 3"):
+        v.encode("abcz")
+    with pytest.raises(ValueError, match="2 unknown"):
+        v.encode("xay")
+
+
+def test_vocab_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        Vocab.from_text("")
+    with pytest.raises(ValueError, match="twice"):
+        Vocab("abca")
+    with pytest.raises(TypeError):
+        Vocab.from_text(b"abc")
+    v = Vocab.from_text("abc")
+    with pytest.raises(ValueError, match="out of range"):
+        v.decode([0, 3])
+    with pytest.raises(ValueError, match="out of range"):
+        v.decode([-1])
+    with pytest.raises(TypeError):
+        v.decode([0.5])
+    with pytest.raises(ValueError):
+        Vocab.from_codepoints(np.array([-1, 5]))
+
+
+# -- batching and chunks ---------------------------------------------------------
+
+
+def test_batchify_shapes_and_streams():
+    ids = np.arange(103)
+    s = batchify(ids, 4)
+    assert s.shape == (25, 4) and s.dtype == np.int64 and s.flags.c_contiguous
+    for b in range(4):  # each column is a contiguous piece of the text
+        np.testing.assert_array_equal(s[:, b], ids[b * 25 : (b + 1) * 25])
+
+
+def test_batchify_bad_input():
+    with pytest.raises(ValueError, match="cannot fill"):
+        batchify(np.arange(3), 4)
+    with pytest.raises(ValueError):
+        batchify(np.arange(6).reshape(2, 3), 1)
+    with pytest.raises(ValueError):
+        batchify(np.arange(6), 0)
+
+
+@pytest.mark.parametrize("n, t", [(26, 5), (25, 5), (7, 10), (2, 1)])
+def test_chunks_shapes_and_one_step_shift(n, t):
+    streams = batchify(np.arange(n * 3), 3)
+    chunks = list(iter_chunks(streams, t))
+    assert len(chunks) == num_chunks(n, t)
+    for x, y in chunks:
+        assert x.shape == y.shape and x.shape[1] == 3 and 1 <= x.shape[0] <= t
+        assert x.flags.c_contiguous and y.flags.c_contiguous
+        np.testing.assert_array_equal(y, x + 1)  # the target is the next id
+    assert all(x.shape[0] == t for x, _ in chunks[:-1])
+    # Together the chunks cover each stream once: x is streams[:-1], y is streams[1:].
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in chunks]), streams[:-1])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in chunks]), streams[1:])
+
+
+def test_chunks_start_resumes():
+    streams = batchify(np.arange(60), 2)
+    all_chunks = list(iter_chunks(streams, 4))
+    later = list(iter_chunks(streams, 4, start=3))
+    assert len(later) == len(all_chunks) - 3
+    np.testing.assert_array_equal(later[0][0], all_chunks[3][0])
+
+
+def test_default_corpus():
+    pytest.importorskip("pydoc_data.topics")
+    text = default_corpus()
+    assert len(text) > 100_000 and "def" in text
+
+
+# -- sampling ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_and_vocab():
+    v = Vocab.from_text(TEXT)
+    m = RNN(len(v), 16, len(v), seed=5, dtype=np.float64)
+    m.V = m.V * 8  # sharper distributions, so decodings differ visibly
+    m.vocab = v
+    return m, v
+
+
+def test_sample_reproducible_under_seed(model_and_vocab):
+    m, v = model_and_vocab
+    a = sample(m, v, prime="the ", length=80, seed=3)
+    b = sample(m, v, prime="the ", length=80, seed=3)
+    c = sample(m, v, prime="the ", length=80, seed=4)
+    assert a == b
+    assert a != c
+    assert len(a) == 80 and set(a) <= set(v.chars)
+
+
+def test_sample_uses_model_vocab_by_default(model_and_vocab):
+    m, v = model_and_vocab
+    assert sample(m, prime="fox", length=20, seed=1) == sample(m, v, prime="fox", length=20, seed=1)
+
+
+def greedy_by_full_forward(m, v, prime, length):
+    """Argmax decoding that re-runs the whole sequence each time (slow, obviously right)."""
+    ids = list(v.encode(prime))
+    for _ in range(length):
+        probs = m.forward(np.array(ids)[:, None]).probs
+        ids.append(int(np.argmax(probs[-1, 0])))
+    return v.decode(ids[len(prime):])
+
+
+def test_temperature_zero_is_argmax_decoding(model_and_vocab):
+    m, v = model_and_vocab
+    greedy = sample(m, v, prime="over the", length=30, temperature=0)
+    assert greedy == greedy_by_full_forward(m, v, "over the", 30)
+    assert greedy == sample(m, v, prime="over the", length=30, temperature=0, seed=99)
+    assert greedy == sample(m, v, prime="over the", length=30, temperature=1e-6, seed=1)
+    assert greedy == sample(m, v, prime="over the", length=30, temperature=1.0, top_k=1, seed=2)
+
+
+def test_sample_carries_state_like_one_long_forward(model_and_vocab):
+    # Feeding the sample back through one forward pass reproduces the step-by-step
+    # states: the prime is run once and the state is carried, not re-fed.
+    m, v = model_and_vocab
+    s = sample(m, v, prime="dog", length=25, temperature=0)
+    full = m.forward(v.encode("dog" + s)[:, None]).probs
+    np.testing.assert_array_equal(np.argmax(full[2:-1, 0], axis=1), v.encode(s))
+
+
+def test_sample_empty_prime_and_lengths(model_and_vocab):
+    m, v = model_and_vocab
+    assert sample(m, v, length=0, seed=0) == ""
+    s = sample(m, v, length=15, seed=0)
+    assert len(s) == 15
+    assert sample(m, v, length=15, temperature=0) == greedy_by_full_forward(m, v, "\n", 15)
+
+
+def test_sample_top_k_restricts_choices(model_and_vocab):
+    m, v = model_and_vocab
+    out = sample(m, v, prime="t", length=1, top_k=2, temperature=5.0, seed=0)
+    z = m.forward(v.encode("t")[:, None]).probs[-1, 0]
+    assert v.encode(out)[0] in np.argsort(z)[-2:]
+
+
+def test_sample_batch_first_model(model_and_vocab):
+    m, v = model_and_vocab
+    mb = RNN(len(v), 16, len(v), seed=5, dtype=np.float64, batch_first=True)
+    for k, p in m.parameters().items():
+        setattr(mb, k, p)
+    assert sample(mb, v, prime="the ", length=30, seed=8) == sample(m, v, prime="the ", length=30, seed=8)
+
+
+def test_sample_bad_input(model_and_vocab):
+    m, v = model_and_vocab
+    with pytest.raises(ValueError, match="temperature"):
+        sample(m, v, temperature=-0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        sample(m, v, temperature=float("nan"))
+    with pytest.raises(ValueError, match="length"):
+        sample(m, v, length=-1)
+    with pytest.raises(ValueError, match="top_k"):
+        sample(m, v, top_k=0)
+    with pytest.raises(ValueError, match="'Z'"):
+        sample(m, v, prime="Z")
+    with pytest.raises(ValueError, match="vocabulary has 3"):
+        sample(m, Vocab("abc"))
+    bare = RNN(len(v), 4, len(v))
+    with pytest.raises(ValueError, match="no vocabulary"):
+        sample(bare)

@@ -1,0 +1,197 @@
+"""Truncated-BPTT training: the loop against a hand-written one, determinism, validation, hooks."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rnn_ext import RNN
+from rnn_ext.clip import clip_grad_value
+from rnn_ext.optim import SGD, Adam
+from rnn_ext.text import Vocab, batchify
+from rnn_ext.training import History, StepInfo, Trainer, evaluate, train
+
+TEXT = ("the cat sat on the mat. the dog sat on the log. " * 12) + "a cat and a dog.\n" * 6
+SMALL = dict(hidden=12, seq_len=6, batch=3, seed=1)
+
+
+def params(model):
+    return {k: p.copy() for k, p in model.parameters().items()}
+
+
+def test_loss_falls_and_model_gets_vocab():
+    hist = train(None, TEXT, steps=150, lr=2e-2, eval_every=50, **SMALL)
+    assert isinstance(hist, History)
+    assert len(hist.loss) == len(hist.smooth_loss) == 150
+    assert hist.model.vocab == Vocab.from_text(TEXT)
+    assert hist.model.hidden_size == 12 and hist.model.dtype == np.float32
+    assert np.mean(hist.loss[-20:]) < 0.6 * np.mean(hist.loss[:5])
+    assert hist.val_steps == [50, 100, 150]
+    assert hist.val_loss[-1] < hist.val_loss[0]
+    assert hist.train_loss is not None and hist.train_loss < hist.loss[0]
+    assert hist.step == 150 and 0 < hist.chars <= 150 * 3 * 6
+    assert hist.chars_per_sec > 0 and hist.seconds > 0
+    # First loss is near uniform guessing: log2(K) bits per character.
+    assert hist.loss[0] == pytest.approx(math.log2(len(hist.vocab)), rel=0.15)
+
+
+def test_same_seed_is_bit_identical():
+    a = train(None, TEXT, steps=40, **SMALL)
+    b = train(None, TEXT, steps=40, **SMALL)
+    assert a.loss == b.loss and a.val_loss == b.val_loss and a.train_loss == b.train_loss
+    for k, p in a.model.parameters().items():
+        np.testing.assert_array_equal(p, b.model.parameters()[k])
+    c = train(None, TEXT, steps=40, **dict(SMALL, seed=2))
+    assert c.loss != a.loss
+
+
+def test_loop_matches_hand_written_truncated_bptt():
+    """Carry h_last from chunk to chunk; start each pass over the text from zeros."""
+    seq_len, batch = 7, 4
+    tr = Trainer(None, TEXT, hidden=10, seq_len=seq_len, batch=batch, lr=1e-2, clip=0.05,
+                 val_fraction=0.1, seed=3, dtype=np.float64)
+    n_steps = tr.chunks_per_pass + 3  # crosses a pass boundary
+    ref = RNN(tr.model.input_size, 10, tr.model.output_size, dtype=np.float64, seed=3)
+    for k, p in tr.model.parameters().items():
+        np.testing.assert_array_equal(p, ref.parameters()[k])
+    opt = Adam(ref, lr=1e-2)
+    ids = Vocab.from_text(TEXT).encode(TEXT)
+    streams = batchify(ids[: len(ids) - int(len(ids) * 0.1)], batch)
+    chunks = [(streams[i : i + seq_len], streams[i + 1 : i + 1 + seq_len])
+              for i in range(0, streams.shape[0] - 1, seq_len)]
+    chunks = [(x[: len(y)], y) for x, y in chunks]
+    assert len(chunks) == tr.chunks_per_pass
+    h = None
+    losses = []
+    for step in range(n_steps):
+        x, y = chunks[step % len(chunks)]
+        if step % len(chunks) == 0:
+            h = None
+        loss, g = ref.loss_and_grad(x, y, h0=h, reduction="mean")
+        clip_grad_value(g, 0.05)
+        opt.step(g)
+        h = g.h_last
+        losses.append(loss / math.log(2))
+    hist = tr.run(n_steps, eval_every=None, final_eval=False)
+    np.testing.assert_allclose(hist.loss, losses, rtol=1e-12)
+    for k, p in tr.model.parameters().items():
+        np.testing.assert_array_equal(p, ref.parameters()[k])
+    np.testing.assert_array_equal(tr.h, h)
+
+
+def test_validation_loss_is_the_held_out_tail():
+    tr = Trainer(None, TEXT, val_fraction=0.2, dtype=np.float64, **SMALL)
+    n_val = int(len(TEXT) * 0.2)
+    assert tr.vocab.decode(tr.val_ids) == TEXT[-n_val:]
+    assert tr.vocab.decode(tr.train_ids) == TEXT[:-n_val]
+    val = tr.evaluate("val")
+    ids = tr.val_ids
+    expect = tr.model.loss(ids[:-1], ids[1:], reduction="mean") / math.log(2)
+    assert val == pytest.approx(expect, rel=1e-10)
+
+
+@pytest.mark.parametrize("streams, chunk", [(1, 5), (1, None), (4, 3), (4, None)])
+def test_evaluate_chunking_does_not_change_the_loss(streams, chunk):
+    v = Vocab.from_text(TEXT)
+    m = RNN(len(v), 8, len(v), seed=0, dtype=np.float64)
+    ids = v.encode(TEXT)
+    data = batchify(ids, streams)
+    expect = m.loss(data[:-1], data[1:], reduction="mean") / math.log(2)
+    assert evaluate(m, ids, streams=streams, chunk=chunk) == pytest.approx(expect, rel=1e-10)
+
+
+def test_no_validation_split():
+    hist = train(None, TEXT, steps=5, val_fraction=0.0, **SMALL)
+    assert hist.val_loss == [] and hist.train_loss is not None
+
+
+def test_callback_sees_every_step_and_can_stop():
+    seen = []
+
+    def cb(info):
+        assert isinstance(info, StepInfo)
+        seen.append((info.step, info.val_loss is not None))
+        return info.step == 7
+
+    hist = train(None, TEXT, steps=20, callback=cb, eval_every=3, final_eval=False, **SMALL)
+    assert [s for s, _ in seen] == list(range(1, 8))
+    assert [s for s, v in seen if v] == [3, 6]
+    assert len(hist.loss) == 7 and hist.step == 7
+
+
+def test_continues_training_a_given_model_with_its_vocab():
+    first = train(None, TEXT, steps=10, **SMALL)
+    m = first.model
+    again = train(m, "the cat", steps=0, val_fraction=0.0, batch=1, seq_len=2, final_eval=False)
+    assert again.model is m and again.vocab == first.vocab
+    with pytest.raises(ValueError, match="'X'"):
+        train(m, "the cat X", steps=1, val_fraction=0.0, batch=1, seq_len=2)
+    other = RNN(3, 4, 3)
+    with pytest.raises(ValueError, match="distinct characters"):
+        train(other, TEXT, steps=1, **dict(SMALL, hidden=4))
+
+
+def test_optimizer_choices():
+    for opt, lr in [("adam", None), ("adagrad", None), ("sgd", 0.5), ("Adam", 1e-3)]:
+        hist = train(None, TEXT, steps=3, optimizer=opt, lr=lr, final_eval=False, **SMALL)
+        assert len(hist.loss) == 3
+    tr = Trainer(None, TEXT, **SMALL)
+    sgd = SGD(tr.model, lr=0.1)
+    tr2 = Trainer(tr.model, TEXT, optimizer=sgd, **SMALL)
+    assert tr2.optimizer is sgd
+    with pytest.raises(ValueError, match="different model"):
+        Trainer(None, TEXT, optimizer=sgd, **SMALL)
+
+
+def test_sum_reduction_and_clip_norm():
+    hist = train(None, TEXT, steps=30, reduction="sum", optimizer="adagrad", lr=0.1, clip=5.0,
+                 clip_norm=1.0, final_eval=False, **SMALL)
+    assert hist.loss[-1] < hist.loss[0]
+    assert hist.loss[0] == pytest.approx(math.log2(len(hist.vocab)), rel=0.15)  # still per character
+
+
+def test_divergence_is_reported(monkeypatch):
+    tr = Trainer(None, TEXT, **SMALL)
+    real = tr.model.loss_and_grad
+
+    def nan_at_step_3(*args, **kw):
+        loss, g = real(*args, **kw)
+        return (float("nan") if tr.step == 2 else loss), g
+
+    monkeypatch.setattr(tr.model, "loss_and_grad", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match="diverged at step 3"):
+        tr.run(5)
+    assert tr.step == 2
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(seq_len=0), "seq_len"),
+        (dict(batch=-1), "batch"),
+        (dict(hidden=0), "hidden"),
+        (dict(val_fraction=1.0), "val_fraction"),
+        (dict(val_fraction=-0.1), "val_fraction"),
+        (dict(lr=0.0), "lr"),
+        (dict(clip=-1.0), "clip"),
+        (dict(optimizer="lbfgs"), "lbfgs"),
+        (dict(optimizer="sgd"), "SGD needs"),
+        (dict(reduction="none"), "reduction"),
+        (dict(batch=40, seq_len=25), "too short"),
+    ],
+)
+def test_bad_arguments(kw, match):
+    args = dict(SMALL, **kw)
+    with pytest.raises(ValueError, match=match):
+        Trainer(None, TEXT, **args)
+
+
+def test_text_errors():
+    with pytest.raises(ValueError, match="empty"):
+        train(None, "", steps=1)
+    with pytest.raises(TypeError):
+        train(None, b"bytes", steps=1)
+    with pytest.raises(ValueError, match="too short"):
+        train(None, "abcdefghij", steps=1, batch=1, seq_len=3, val_fraction=0.1)
+    with pytest.raises(ValueError, match="steps"):
+        train(None, TEXT, steps=-1, **SMALL)
