@@ -25,4 +25,5 @@ python -m pytest
 log "mypy rnn_ext/ and stubtest rnn_ext._kernels"
 pip_install python mypy
 python -m mypy
-python -m mypy.stubtest rnn_ext._kernels
+python -m mypy.stubtest --mypy-config-file pyproject.toml \
+    --allowlist .ci/stubtest-allowlist.txt rnn_ext._kernels
