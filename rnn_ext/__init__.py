@@ -5,20 +5,31 @@ calling BLAS; :class:`RNN` wraps them; :mod:`rnn_ext.oracle` is the
 pure-Python specification every result is checked against.
 """
 
-from . import oracle
+from . import optim, oracle, text
+from ._config import show_config
 from ._results import ForwardResult, Gradients
 from ._threads import set_num_threads, threads
 from ._version import __version__
+from .clip import clip_grad_norm, clip_grad_value
 from .gradcheck import gradcheck
+from .io import load
 from .model import RNN
+from .training import train
 
 __all__ = [
     "RNN",
     "ForwardResult",
     "Gradients",
+    "clip_grad_norm",
+    "clip_grad_value",
     "gradcheck",
+    "load",
+    "optim",
     "oracle",
     "set_num_threads",
+    "show_config",
+    "text",
     "threads",
+    "train",
     "__version__",
 ]
