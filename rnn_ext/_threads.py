@@ -24,7 +24,8 @@ Three entry points:
 
 The controller is a cached ``threadpoolctl.ThreadpoolController``, created
 once, lazily: building one scans every loaded library (~1-3 ms); after that
-reading or setting the count is a ctypes call of well under a microsecond.
+reading or setting the count is a ctypes call of well under a microsecond,
+and a small pass's switch to one thread and back costs a few microseconds.
 
 The BLAS thread count is process state.  When several Python threads run
 passes at once, a small pass drops the BLAS to one thread until the last
@@ -42,8 +43,9 @@ __all__ = ["set_num_threads", "get_num_threads", "threads", "pass_threads", "bla
 # Guards every change of the BLAS count and of the state below.
 _lock = threading.RLock()
 # ThreadpoolController restricted to the kernel's BLAS; built on first use,
-# with one count setter per library.
+# with a getter and a setter of the thread count per library.
 _controller = None
+_getters: list = []
 _setters: list = []
 # BLAS thread counts when rnn_ext first looked: what set_num_threads(None) restores.
 _default_counts: list[int] = []
@@ -80,24 +82,35 @@ def _find_kernel_blas():
     return blas.select(filepath=own) if own else blas
 
 
-def _setter(lib):
-    # threadpoolctl >= 3.8 lets only the first Python thread that sets an
-    # OpenBLAS count set it again and silently ignores the others, so a pass
-    # in a worker thread could not drop to one thread, nor restore.  All of
-    # rnn_ext's changes are serialised by _lock and undone in order, so they
-    # call the library's own setter.
-    return getattr(lib, "_real_set_num_threads", lib.set_num_threads)
+def _accessors(lib):
+    """(get, set) of one library's thread count, the cheapest that is correct.
+
+    threadpoolctl >= 3.8 lets only the first Python thread that sets an
+    OpenBLAS count set it again and silently ignores the others, so a pass in
+    a worker thread could neither drop to one thread nor restore.  All of
+    rnn_ext's changes are serialised by _lock and undone in order, so they go
+    to the library itself: for pthreads OpenBLAS its own get/set functions
+    (a ctypes call, ~0.2 µs, against ~1 µs through threadpoolctl's
+    properties); for anything else threadpoolctl's per-library setter.
+    """
+    get_symbol = getattr(lib, "_get_symbol", None)
+    if lib.internal_api == "openblas" and lib.threading_layer == "pthreads" and get_symbol:
+        get_n = get_symbol("openblas_get_num_threads")
+        set_n = get_symbol("openblas_set_num_threads")
+        if get_n is not None and set_n is not None:
+            return get_n, set_n
+    return (lambda: lib.num_threads), getattr(lib, "_real_set_num_threads", lib.set_num_threads)
 
 
 def _libs():
-    global _controller, _setters, _default_counts
+    global _controller, _getters, _setters, _default_counts
     if _controller is None:
         with _lock:
             if _controller is None:
                 controller = _find_kernel_blas()
                 libs = controller.lib_controllers
-                _default_counts = [lib.num_threads for lib in libs]
-                _setters = [_setter(lib) for lib in libs]
+                _getters, _setters = map(list, zip(*map(_accessors, libs))) if libs else ([], [])
+                _default_counts = [get_n() for get_n in _getters]
                 _controller = controller
     return _controller.lib_controllers
 
@@ -118,11 +131,16 @@ def _check_n(n, allow_none=True):
     return value
 
 
+def _counts():
+    _libs()
+    return [get_n() for get_n in _getters]
+
+
 def _baseline():
     """Counts in force outside any small pass (lock held)."""
     if _auto_depth:
         return list(_auto_saved)
-    return [lib.num_threads for lib in _libs()]
+    return _counts()
 
 
 def _set_baseline(counts):
@@ -132,8 +150,8 @@ def _set_baseline(counts):
         # A small pass is running at one thread; it restores these on exit.
         _auto_saved = list(counts)
         return
-    for lib, set_n, n in zip(_libs(), _setters, counts):
-        if lib.num_threads != n:
+    for get_n, set_n, n in zip(_getters, _setters, counts):
+        if get_n() != n:
             set_n(n)
 
 
@@ -224,9 +242,8 @@ class _OneThreadPass:
     def __enter__(self):
         global _auto_depth, _auto_saved
         with _lock:
-            libs = _libs()
             if _auto_depth == 0:
-                _auto_saved = [lib.num_threads for lib in libs]
+                _auto_saved = _counts()
                 for set_n, n in zip(_setters, _auto_saved):
                     if n != 1:
                         set_n(1)
