@@ -187,12 +187,26 @@ def _plot(history, path):
     plt.close(fig)
 
 
-def _cmd_train(args):
+def trainer_options(args):
+    """The ``train`` options as keyword arguments of :class:`rnn_ext.training.Trainer`."""
     import numpy as np
+
+    return dict(hidden=args.hidden, seq_len=args.seq_len, batch=args.batch, optimizer=args.optimizer,
+                lr=args.lr, clip=args.clip or None, clip_norm=args.clip_norm,
+                val_fraction=args.val_fraction, seed=args.seed, dtype=np.dtype(args.dtype))
+
+
+def make_trainer(args, text):
+    """The trainer ``rnn-ext train`` runs (one place to choose another, e.g. a distributed one)."""
+    from .training import Trainer
+
+    return Trainer(None, text, **trainer_options(args))
+
+
+def _cmd_train(args):
     from tqdm import tqdm
 
     from .text import sample
-    from .training import Trainer
 
     if args.optimizer == "sgd" and args.lr is None:
         raise CLIError("--optimizer sgd needs --lr")
@@ -212,9 +226,7 @@ def _cmd_train(args):
         set_num_threads(args.threads)
     source = args.textfile or "pydoc_data.topics"
     t_start = time.perf_counter()
-    trainer = Trainer(None, text, hidden=args.hidden, seq_len=args.seq_len, batch=args.batch,
-                      optimizer=args.optimizer, lr=args.lr, clip=args.clip or None, clip_norm=args.clip_norm,
-                      val_fraction=args.val_fraction, seed=args.seed, dtype=np.dtype(args.dtype))
+    trainer = make_trainer(args, text)
     m = trainer.model
     if not args.quiet:
         print(f"{source}: {len(text):,} characters, {len(trainer.vocab)} distinct; "

@@ -46,7 +46,7 @@ __all__ = ["train", "Trainer", "History", "StepInfo", "evaluate"]
 _LN2 = math.log(2.0)
 
 
-@dataclass
+@dataclass(repr=False)
 class History:
     """What a training run recorded.  All losses are in bits per character.
 
@@ -85,6 +85,17 @@ class History:
     def chars_per_sec(self):
         """Training throughput: characters (targets) per second of training steps."""
         return self.chars / self.seconds if self.seconds > 0 else 0.0
+
+    def __repr__(self):
+        parts = [f"step={self.step}"]
+        if self.smooth_loss:
+            parts.append(f"smooth_loss={self.smooth_loss[-1]:.4f}")
+        if self.train_loss is not None:
+            parts.append(f"train_loss={self.train_loss:.4f}")
+        if self.val_loss:
+            parts.append(f"val_loss={self.val_loss[-1]:.4f}")
+        parts.append(f"chars_per_sec={self.chars_per_sec:,.0f}")
+        return f"History({', '.join(parts)})"
 
 
 @dataclass
