@@ -147,13 +147,16 @@ class _Entries:
                 raise self.error(f"missing entry {key!r}; not an rnn_ext model file or a damaged one")
             return None
         try:
-            return self.npz[key]
+            a = self.npz[key]
         except ValueError as exc:
             if "allow_pickle" in str(exc):
                 raise self.error(f"entry {key!r} holds pickled Python objects, which are refused") from None
             raise self.error(f"entry {key!r} is unreadable ({exc})") from None
         except Exception as exc:  # zip/zlib/npy-header errors of a damaged file
             raise self.error(f"entry {key!r} is unreadable ({type(exc).__name__}: {exc})") from None
+        if not isinstance(a, np.ndarray):  # NumPy hands back a member without the .npy magic as bytes
+            raise self.error(f"entry {key!r} is not a .npy array")
+        return a
 
     def scalar(self, key, kind, required=True):
         a = self.get(key, required)

@@ -263,3 +263,16 @@ def test_io_errors_are_oserror(tmp_path):
         rio.load(tmp_path)
     with pytest.raises(OSError):
         rio.save(RNN(3, 4, 3), tmp_path / "no" / "such" / "dir.npz")
+
+
+def test_member_that_is_not_npy(tmp_path):
+    path = tmp_path / "m.npz"
+    rio.save(RNN(3, 4, 3, seed=0), path)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["param/U.npy"] = b"no npy magic here"
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(ValueError, match="'param/U' is not a .npy array"):
+        rio.load(tmp_path / "x.npz")
