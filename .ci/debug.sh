@@ -21,5 +21,5 @@ assert k.DEBUG is True, f'_kernels.DEBUG is {k.DEBUG!r} in a RNN_EXT_DEBUG=1 bui
 print('_kernels.DEBUG =', k.DEBUG)"
 
 log "pytest against the debug build"
-PYTHONPATH="$ROOT/.ci" "$venv/bin/python" -m pytest -p pytest_installed \
+PATH="$venv/bin:$PATH" PYTHONPATH="$ROOT/.ci" "$venv/bin/python" -m pytest -p pytest_installed \
     -p no:cacheprovider "$ROOT/tests"

@@ -46,7 +46,8 @@ venv="$CI_DIR/wheel"
 new_venv "$venv"
 pip_install "$venv/bin/python" "$repaired[test]"
 assert_installed_import "$venv"
-(cd "$(mktemp -d)" && PYTHONPATH="$ROOT/.ci" "$venv/bin/python" -m pytest \
+(cd "$(mktemp -d)" && PATH="$venv/bin:$PATH" PYTHONPATH="$ROOT/.ci" \
+    "$venv/bin/python" -m pytest \
     -p pytest_installed -p no:cacheprovider "$ROOT/tests")
 
 log "cibuildwheel --print-build-identifiers"
