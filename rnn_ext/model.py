@@ -78,15 +78,17 @@ class RNN:
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *,
                  bias: bool = True, nonlinearity: str = "tanh", dtype: Any = np.float32,
                  seed: int | None = None, batch_first: bool = False) -> None:
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        self.output_size = check_size("output_size", output_size)
-        self.bias = check_flag("bias", bias)
+        # The configuration is fixed at construction (read-only properties):
+        # the kernels size every buffer from it.
+        self._input_size = check_size("input_size", input_size)
+        self._hidden_size = check_size("hidden_size", hidden_size)
+        self._output_size = check_size("output_size", output_size)
+        self._bias = check_flag("bias", bias)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
-        self.dtype = check_dtype(dtype)
-        self.batch_first = check_flag("batch_first", batch_first)
+        self._nonlinearity = nonlinearity
+        self._dtype = check_dtype(dtype)
+        self.batch_first = batch_first
         self.vocab = None
         D, H, K = self.input_size, self.hidden_size, self.output_size
         rng = np.random.default_rng(check_seed(seed))
@@ -99,6 +101,47 @@ class RNN:
         self._b = draw(H) if self.bias else None
         self._V = draw(K, H)
         self._c = draw(K) if self.bias else None
+
+    # -- configuration --------------------------------------------------------
+
+    @property
+    def input_size(self) -> int:
+        """D: the size of x_t, or the number of distinct input ids."""
+        return self._input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """H: the size of h_t."""
+        return self._hidden_size
+
+    @property
+    def output_size(self) -> int:
+        """K: the number of classes."""
+        return self._output_size
+
+    @property
+    def bias(self) -> bool:
+        """Whether b and c exist."""
+        return self._bias
+
+    @property
+    def nonlinearity(self) -> str:
+        """"tanh" or "relu"."""
+        return self._nonlinearity
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32 or float64: the dtype of every parameter and result."""
+        return self._dtype
+
+    @property
+    def batch_first(self) -> bool:
+        """With True, batched x, y, h, probs and dx are (B, T, ...)."""
+        return self._batch_first
+
+    @batch_first.setter
+    def batch_first(self, value: Any) -> None:
+        self._batch_first = check_flag("batch_first", value)
 
     # -- parameters ---------------------------------------------------------
 

@@ -332,6 +332,14 @@ cdef void output_backward(const floating* dZ, const floating* hs1,
 # ---------------------------------------------------------------------------
 # the Python-facing passes: memoryviews in, the GIL released around the work
 
+cdef inline int expect(bint ok, str what) except -1:
+    # The model validates everything; this guards the buffers' sizes against
+    # a caller that bypassed it (a model changed in place, a direct call).
+    if not ok:
+        raise ValueError(f"rnn_ext._kernels: inconsistent shapes: {what}")
+    return 0
+
+
 cdef inline const floating* ptr1(const floating[::1] a) noexcept:
     return &a[0] if a is not None else NULL
 
@@ -344,11 +352,33 @@ cdef inline const Py_ssize_t* iptr(const Py_ssize_t[::1] a) noexcept:
     return &a[0] if a is not None else NULL
 
 
-def forward(floating[:, :, ::1] hs, floating[:, ::1] Z,
+cdef int check_pass(floating[:, :, ::1] hs, floating[:, ::1] Z,
+                    const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
+                    const floating[:, ::1] U, const floating[:, ::1] UT,
+                    const floating[:, ::1] W, const floating[::1] b,
+                    const floating[:, ::1] V, const floating[::1] c,
+                    const Py_ssize_t[::1] lengths) except -1:
+    """The shapes every pass shares, against hs (T+1, B, H) and Z (T*B, K)."""
+    cdef Py_ssize_t T = hs.shape[0] - 1, B = hs.shape[1], H = hs.shape[2]
+    cdef Py_ssize_t D = U.shape[1], K = Z.shape[1]
+    expect(T >= 1 and B >= 1 and H >= 1 and D >= 1 and K >= 1, "empty")
+    expect(U.shape[0] == H and W.shape[0] == H and W.shape[1] == H, "U, W")
+    expect(V.shape[0] == K and V.shape[1] == H and Z.shape[0] == T * B, "V, Z")
+    expect(b is None or b.shape[0] == H, "b")
+    expect(c is None or c.shape[0] == K, "c")
+    expect((xf is None) != (xi is None), "exactly one of xf, xi")
+    expect(xf is None or (xf.shape[0] == T * B and xf.shape[1] == D), "xf")
+    expect(xi is None or xi.shape[0] == T * B, "xi")
+    expect(UT is None or (xi is not None and UT.shape[0] == D and UT.shape[1] == H), "UT")
+    expect(lengths is None or lengths.shape[0] == B, "lengths")
+    return 0
+
+
+def forward(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
             const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
-            const floating[:, ::1] U, const floating[:, ::1] UT,
-            const floating[:, ::1] W, const floating[::1] b,
-            const floating[:, ::1] V, const floating[::1] c,
+            const floating[:, ::1] U not None, const floating[:, ::1] UT,
+            const floating[:, ::1] W not None, const floating[::1] b,
+            const floating[:, ::1] V not None, const floating[::1] c,
             const Py_ssize_t[::1] lengths, bint relu):
     """Eqs. (1)-(2): hidden states and output probabilities.
 
@@ -358,6 +388,7 @@ def forward(floating[:, :, ::1] hs, floating[:, ::1] Z,
     U (H, D), UT (D, H) or None, W (H, H), b (H,) or None, V (K, H), c (K,) or None
     lengths : (B,) or None
     """
+    check_pass(hs, Z, xf, xi, U, UT, W, b, V, c, lengths)
     cdef int T = hs.shape[0] - 1, B = hs.shape[1], H = hs.shape[2]
     cdef int D = U.shape[1], K = V.shape[0]
     cdef floating* phs = &hs[0, 0, 0]
@@ -377,12 +408,12 @@ def forward(floating[:, :, ::1] hs, floating[:, ::1] Z,
         softmax_loss(pZ, NULL, <floating*>NULL, NULL, T, B, K, 0, 1, PROBS)
 
 
-def loss_and_grad(floating[:, :, ::1] hs, floating[:, ::1] Z,
+def loss_and_grad(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
                   const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
                   const Py_ssize_t[::1] yi, const floating[:, ::1] ys,
-                  const floating[:, ::1] U, const floating[:, ::1] UT,
-                  const floating[:, ::1] W, const floating[::1] b,
-                  const floating[:, ::1] V, const floating[::1] c,
+                  const floating[:, ::1] U not None, const floating[:, ::1] UT,
+                  const floating[:, ::1] W not None, const floating[::1] b,
+                  const floating[:, ::1] V not None, const floating[::1] c,
                   const Py_ssize_t[::1] lengths, bint relu,
                   Py_ssize_t ignore_index, double scale, int what,
                   floating[:, ::1] dV, floating[::1] dc,
@@ -400,6 +431,25 @@ def loss_and_grad(floating[:, :, ::1] hs, floating[:, ::1] Z,
     dh0 (B, H), dx (T*B, D) or None: written when what == 2
     Returns the summed (unscaled) loss as a float.
     """
+    check_pass(hs, Z, xf, xi, U, UT, W, b, V, c, lengths)
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
+    cdef Py_ssize_t h = hs.shape[2], d = U.shape[1], nb = hs.shape[1]
+    expect((yi is None) != (ys is None), "exactly one of yi, ys")
+    expect(yi is None or yi.shape[0] == n, "yi")
+    expect(ys is None or (ys.shape[0] == n and ys.shape[1] == k), "ys")
+    expect(0 <= what <= 2, "what")
+    if what >= 1:
+        expect(dV is not None and dV.shape[0] == k and dV.shape[1] == h, "dV")
+        expect((dc is None) == (c is None) and (dc is None or dc.shape[0] == k), "dc")
+    if what == 2:
+        expect(delta is not None and delta.shape[0] * delta.shape[1] == n
+               and delta.shape[1] == nb and delta.shape[2] == h, "delta")
+        expect(dU is not None and dU.shape[0] == h and dU.shape[1] == d, "dU")
+        expect(dUT is None or (xi is not None and dUT.shape[0] == d and dUT.shape[1] == h), "dUT")
+        expect(dW is not None and dW.shape[0] == h and dW.shape[1] == h, "dW")
+        expect((db is None) == (b is None) and (db is None or db.shape[0] == h), "db")
+        expect(dh0 is not None and dh0.shape[0] == nb and dh0.shape[1] == h, "dh0")
+        expect(dx is None or (xf is not None and dx.shape[0] == n and dx.shape[1] == d), "dx")
     cdef int T = hs.shape[0] - 1, B = hs.shape[1], H = hs.shape[2]
     cdef int D = U.shape[1], K = V.shape[0]
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
