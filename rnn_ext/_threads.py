@@ -55,12 +55,12 @@ _user_n: int | None = None
 _auto_depth = 0
 _auto_saved: list[int] | None = None
 
-# Passes with fewer forward flops than this run their BLAS on one thread
-# when the user has not chosen a count.  Set from benchmarks/bench.py runs on
-# a 2-core AVX-512 machine: see _auto_threads.
-AUTO_MIN_FLOPS = 200e6
-# ... and so do passes whose per-step recurrence GEMM (B x H by H x H) is below this.
-AUTO_MIN_STEP_FLOPS = 2 * 8 * 256 * 256
+# Passes smaller than this (forward flops) run their BLAS on one thread when
+# the user has not chosen a count ...
+AUTO_MIN_FLOPS = 1e9
+# ... and so do passes whose per-step recurrence GEMM, (B, H) x (H, H), has
+# fewer flops than this: 2·32·512·512 (every B = 1 pass up to H = 11585, B = 32 below H = 512).
+AUTO_MIN_STEP_FLOPS = 2 * 32 * 512 * 512
 
 
 def _find_kernel_blas():
@@ -282,9 +282,13 @@ def _auto_threads(T, B, D, H, K):
     A second BLAS thread pays only when there is enough work to split: the
     whole pass must be large (forward flops 2·T·B·(D·H + H·H + H·K) of at
     least AUTO_MIN_FLOPS) and so must each step of the recurrence, the
-    sequential (B, H) x (H, H) GEMM that runs T times in forward and
-    backward (2·B·H·H of at least AUTO_MIN_STEP_FLOPS).  Below either, the
-    threads' wake-up and synchronisation cost more than they save.
+    sequential (B, H) x (H, H) product that runs T times in forward and again
+    in backward (2·B·H·H flops, at least AUTO_MIN_STEP_FLOPS).  Below either,
+    waking and synchronising the BLAS threads on every step costs more than
+    it saves, and much more when another process holds a core: on a shared
+    2-core machine (benchmarks/README.md) two threads were slower than one
+    for every B = 1 case and for B = 32 up to H = 256, and up to twice as
+    fast only at B = 32, H = 1024.
     """
     step = 2.0 * B * H * H
     total = 2.0 * T * B * (D * H + H * H + H * K)
