@@ -59,7 +59,7 @@ _auto_saved: list[int] | None = None
 # the user has not chosen a count ...
 AUTO_MIN_FLOPS = 1e9
 # ... and so do passes whose per-step recurrence GEMM, (B, H) x (H, H), has
-# fewer flops than this: 2·32·512·512 (every B = 1 pass up to H = 11585, B = 32 below H = 512).
+# fewer flops than this: 2·32·512·512 (B = 1 below H = 2896, B = 32 below H = 512).
 AUTO_MIN_STEP_FLOPS = 2 * 32 * 512 * 512
 
 
