@@ -40,10 +40,13 @@ Float summation order
 ---------------------
 One process computes each gradient with one GEMM over all B sequences; here
 each shard does a GEMM over its own and the shards are then added.  The
-results agree to rounding: about 1e-15 relative per step in float64 and
-1e-7 in float32.  Over a training run the difference grows slowly (Adam
-amplifies it where a gradient entry is close to zero): after 20 steps the
-parameters agree to about 1e-12 in float64 and 1e-5 in float32.
+results agree to rounding: about 1e-15 relative in float64 and 1e-6 in
+float32 for one pass (h_last and dh0, which never mix sequences, exactly).
+Over a training run the difference grows slowly: after 20 steps the losses
+agree to about 1e-15 and the parameters to 1e-12 in float64; in float32 the
+losses to about 2e-5 and the parameters to 3e-4 norm-wise (Adagrad's and
+Adam's first steps are +-lr for every entry, so an entry whose gradient is at
+rounding level may step the other way).  See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -381,6 +384,7 @@ class DistributedTrainer(Trainer):
         self.traffic = {"sent": 0, "received": 0, "passes": 0}
         self._data = [self._scatter_shard(i, w) for i, w in enumerate(self._workers)]
         self._reseed = True  # the workers hold no state yet: seed it from self.h
+        self._previous: Any = None  # the last pass's futures (see _on_shards)
 
     # -- shards -----------------------------------------------------------
 
@@ -444,7 +448,12 @@ class DistributedTrainer(Trainer):
                 self.traffic["sent"] += buf.nbytes
                 parts = [submit(i, d, w, params)
                          for i, (d, w) in enumerate(zip(self._data, self._workers))]
-                result = self._gather(_tree_sum(self.client, parts))
+                total = _tree_sum(self.client, parts)
+                # Release the previous pass's futures only now: the release
+                # goes out on the client's batched stream (10 ms interval),
+                # and sent before the new tasks it would hold them back.
+                self._previous = (params, parts, total)
+                result = self._gather(total)
             except (*_LOST, _ShardLost) as exc:
                 last = exc
                 continue
@@ -526,6 +535,7 @@ class DistributedTrainer(Trainer):
         local cluster).  Closing twice does nothing.
         """
         data, self._data = self._data, []
+        self._previous = None
         if data:
             del data
             with contextlib.suppress(Exception):

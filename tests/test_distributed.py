@@ -329,6 +329,15 @@ def test_importing_rnn_ext_does_not_import_dask():
     assert r.returncode == 0, r.stderr
 
 
+def test_without_dask_the_import_error_says_what_to_install():
+    code = ("import sys; sys.modules['distributed'] = None\n"
+            "try:\n    import rnn_ext.distributed\n"
+            "except ImportError as exc:\n    assert \"pip install 'rnn-ext[dask]'\" in str(exc), exc\n"
+            "else:\n    raise SystemExit('imported without dask')")
+    r = _run(["-c", code])
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
 def _cli_has_workers():
     from rnn_ext import cli
 
