@@ -145,15 +145,17 @@ def _model_for(spec: ModelSpec) -> Any:
 
 
 def shard_loss_and_grad(spec: ModelSpec, params: np.ndarray, shard: tuple,
-                        ignore_index: int) -> Partial:
-    """``loss_and_grad`` with ``reduction="sum"`` on one shard.
+                        ignore_index: int, reduction: str = "sum") -> Partial:
+    """``loss_and_grad`` on one shard.
 
     shard is ``(x, y, h0, lengths)``, time-major and batched: x (T, b) ids or
     (T, b, D), y (T, b) or (T, b, K), h0 (b, H), lengths (b,) or None.
+    ``reduction`` is "sum" when the shards are added afterwards; a batch in
+    one shard gets the caller's own (the single-process call, bit for bit).
     """
     x, y, h0, lengths = shard
     model = spec.load(_model_for(spec), params)
-    loss, g = model.loss_and_grad(x, y, h0=h0, lengths=lengths, reduction="sum",
+    loss, g = model.loss_and_grad(x, y, h0=h0, lengths=lengths, reduction=reduction,
                                   ignore_index=ignore_index)
     return Partial(loss, 0, spec.pack(g.parameters()), [(g.h_last, g.h0, g.x)])
 
@@ -207,8 +209,8 @@ def _store() -> dict:
 
 
 def shard_train_step(shard: TrainShard, params: np.ndarray, step: int, chunk: int,
-                     h0: Any) -> Partial:
-    """One truncated-BPTT step on a shard, with ``reduction="sum"``.
+                     h0: Any, reduction: str = "sum") -> Partial:
+    """One truncated-BPTT step on a shard (``reduction`` as in :func:`shard_loss_and_grad`).
 
     Reads chunk ``chunk`` of the shard's streams and starts from ``h0``:
     :data:`STORED` continues from the state this worker kept after step
@@ -239,7 +241,7 @@ def shard_train_step(shard: TrainShard, params: np.ndarray, step: int, chunk: in
         h = h0
     x, y = next(iter_chunks(shard.streams, shard.seq_len, start=chunk))
     model = shard.spec.load(state.model, params)
-    loss, g = model.loss_and_grad(x, y, h0=h, reduction="sum")
+    loss, g = model.loss_and_grad(x, y, h0=h, reduction=reduction)
     state.h, state.steps = g.h_last, step + 1
     return Partial(loss, x.size, shard.spec.pack(g.parameters()), [g.h_last])
 

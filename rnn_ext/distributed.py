@@ -46,7 +46,9 @@ Over a training run the difference grows slowly: after 20 steps the losses
 agree to about 1e-15 and the parameters to 1e-12 in float64; in float32 the
 losses to about 2e-5 and the parameters to 3e-4 norm-wise (Adagrad's and
 Adam's first steps are +-lr for every entry, so an entry whose gradient is at
-rounding level may step the other way).  See docs/scaling.md.
+rounding level may step the other way).  With one shard (one worker, or one
+sequence) the worker makes the single-process call itself: bit for bit the
+same.  See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -306,8 +308,10 @@ def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = Non
         try:
             params = client.scatter(spec.pack(model.parameters()), direct=True, hash=False)
             data = client.scatter([shard(lo, hi) for lo, hi in bounds], direct=True, hash=False)
+            # one shard: the caller's reduction on the worker, the local call exactly
+            whole = len(bounds) == 1
             parts = [client.submit(shard_loss_and_grad, spec, params, d, ignore_index,
-                                   pure=False) for d in data]
+                                   reduction if whole else "sum", pure=False) for d in data]
             result = client.gather(_tree_sum(client, parts), direct=True)
             break
         except _LOST as exc:
@@ -315,7 +319,7 @@ def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = Non
     else:
         raise RuntimeError(f"the distributed pass failed {RETRIES + 1} times; last error: {last!r}") from last
 
-    mean = reduction == "mean"
+    mean = reduction == "mean" and not whole
     scale = (1.0 / batch.count if batch.count else 0.0) if mean else 1.0
     loss = result.loss * scale if mean else result.loss
     grad = _writable(result.grad)
@@ -470,11 +474,14 @@ class DistributedTrainer(Trainer):
 
         As :meth:`rnn_ext.training.Trainer.train_step`, with the gradient
         summed over the shards (``reduction="sum"`` on each, scaled once by
-        the global number of targets for ``"mean"``).
+        the global number of targets for ``"mean"``).  With one shard the
+        worker runs the Trainer's own call, so the step is the local one bit
+        for bit.
         """
         chunk = self.step % self.chunks_per_pass
         if chunk == 0:
             self.h = None  # a new pass over the text starts from a zero state
+        whole = len(self._bounds) == 1
 
         def submit(i: int, data: Any, worker: str, params: Any) -> Any:
             h0: Any
@@ -485,12 +492,13 @@ class DistributedTrainer(Trainer):
             else:
                 h0 = None if self._reseed else STORED
             return self.client.submit(shard_train_step, data, params, self.step, chunk, h0,
-                                      workers=[worker], allow_other_workers=False, pure=False)
+                                      self.reduction if whole else "sum", workers=[worker],
+                                      allow_other_workers=False, pure=False)
 
         result = self._on_shards(submit)
         self._reseed = False
         count = result.count
-        if self.reduction == "mean":
+        if self.reduction == "mean" and not whole:
             scale = 1.0 / count
             loss = result.loss * scale
         else:
