@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README's test command in a fresh venv, with PyTorch for the parity tests;
-# then mypy on rnn_ext/ and stubtest on the compiled module's stub, which
-# need the package and numpy installed to see real types.
+# The README's test command in a fresh venv, with PyTorch and Dask installed so
+# their tests run; then mypy on rnn_ext/ and stubtest on the compiled module's stub,
+# which need the package and numpy installed to see real types.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -11,13 +11,18 @@ new_venv "$venv"
 source "$venv/bin/activate"
 cd "$ROOT"
 
-log "install (editable, with test extras) and $TORCH_SPEC (CPU build)"
+log "install (editable, with test extras); $TORCH_SPEC (CPU build) and the dask extra"
 pip_install python -e ".[test]"
-pip_install python "$TORCH_SPEC"
-python -c "import torch; print('torch', torch.__version__)"
+# The optional peers, so their tests run rather than skip: torch pinned to the
+# one CPU build tested against, dask as the `dask` extra asks.
+mapfile -t dask_reqs < <(python -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dask"]))')
+pip_install python "$TORCH_SPEC" "${dask_reqs[@]}"
+python -c "import torch, dask, distributed
+print('torch', torch.__version__, ' dask', dask.__version__, ' distributed', distributed.__version__)"
 
 log "show_config"
-python -c "from rnn_ext._config import show_config; show_config()"
+python -c "import rnn_ext; rnn_ext.show_config()"
 
 log "pytest (the README's test command; warnings are errors)"
 python -m pytest
