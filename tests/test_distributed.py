@@ -281,6 +281,26 @@ def test_worker_killed_during_training(client, local_run, cluster_run):
     assert_same_run(hist, local_run, TRAIN_RTOL[np.dtype(np.float64)])
 
 
+def test_worker_retired_during_training(cluster_run):
+    """A worker that leaves gracefully strands the tasks pinned to it: noticed, recovered."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        c.wait_for_workers(2, timeout=30)
+        retired = []
+
+        def retire_at_step_5(info):
+            if info.step == 5:
+                retired.append(info.trainer.shards[1][2])
+                c.retire_workers(retired, close_workers=True)
+            return False
+
+        hist = rd.train(None, TEXT, client=c, dtype=np.float64, callback=retire_at_step_5, **TRAIN)
+        assert retired and retired[0] not in c.nthreads()
+    for name, p in cluster_run.model.parameters().items():
+        np.testing.assert_array_equal(hist.model.parameters()[name], p, err_msg=name)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
