@@ -114,6 +114,14 @@ def add_train_arguments(p):
     out.add_argument("--quiet", action="store_true", help="no progress bar and no samples")
     out.add_argument("--threads", type=_positive_int, default=None,
                      help="BLAS threads for the kernel (default: chosen per pass)")
+    scale = p.add_argument_group("scaling out (needs Dask: pip install 'rnn-ext[dask]')")
+    where = scale.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                       help="train data-parallel on a local Dask cluster of N worker processes "
+                            "(one thread each)")
+    where.add_argument("--scheduler", metavar="ADDR", default=None,
+                       help="train data-parallel on the Dask cluster whose scheduler is at ADDR, "
+                            "e.g. tcp://host:8786")
 
 
 def add_sample_arguments(p):
@@ -198,16 +206,22 @@ def trainer_options(args):
 
 def make_trainer(args, text):
     """The trainer ``rnn-ext train`` runs (one place to choose another, e.g. a distributed one)."""
+    if args.workers is not None or args.scheduler is not None:
+        try:
+            from . import distributed as rd
+        except ImportError:
+            raise CLIError("--workers and --scheduler need Dask: pip install 'rnn-ext[dask]'") from None
+        try:
+            return rd.trainer_from_args(args.workers, args.scheduler, text, **trainer_options(args))
+        except rd.ClusterUnreachableError as exc:
+            raise CLIError(str(exc)) from None
+
     from .training import Trainer
 
     return Trainer(None, text, **trainer_options(args))
 
 
 def _cmd_train(args):
-    from tqdm import tqdm
-
-    from .text import sample
-
     if args.optimizer == "sgd" and args.lr is None:
         raise CLIError("--optimizer sgd needs --lr")
     plot = args.plot
@@ -227,9 +241,21 @@ def _cmd_train(args):
     source = args.textfile or "pydoc_data.topics"
     t_start = time.perf_counter()
     trainer = make_trainer(args, text)
+    try:
+        return _run_trainer(trainer, args, source, len(text), plot, t_start)
+    finally:
+        if hasattr(trainer, "close"):  # a distributed trainer: its cluster
+            trainer.close()
+
+
+def _run_trainer(trainer, args, source, n_chars, plot, t_start):
+    from tqdm import tqdm
+
+    from .text import sample
+
     m = trainer.model
     if not args.quiet:
-        print(f"{source}: {len(text):,} characters, {len(trainer.vocab)} distinct; "
+        print(f"{source}: {n_chars:,} characters, {len(trainer.vocab)} distinct; "
               f"{len(trainer.train_ids):,} for training, {len(trainer.val_ids):,} held out")
         print(f"model: hidden {m.hidden_size}, {sum(p.size for p in m.parameters().values()):,} parameters; "
               f"{args.optimizer} lr {trainer.optimizer.lr:g}, seq-len {args.seq_len}, batch {args.batch}",
