@@ -54,7 +54,6 @@ same.  See docs/scaling.md.
 from __future__ import annotations
 
 import contextlib
-import math
 import uuid
 import weakref
 from collections import Counter
@@ -85,7 +84,6 @@ from ._distributed_worker import (
 )
 from ._results import Gradients
 from ._validation import check_batch, check_ignore_index, check_reduction
-from .clip import clip_grad_norm, clip_grad_value
 from .training import Trainer
 
 __all__ = [
@@ -102,7 +100,6 @@ CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler
 WORKER_TIMEOUT = 30.0  # seconds to wait for a worker to (re)appear
 RETRIES = 3  # attempts per step after a fault
 
-_LN2 = math.log(2.0)
 
 # What a lost worker looks like from the client: its data and the tasks
 # depending on it are cancelled, a transfer fails, or the task is retried
@@ -469,18 +466,14 @@ class DistributedTrainer(Trainer):
 
     # -- the Trainer's hooks ------------------------------------------------
 
-    def train_step(self) -> float:
-        """One truncated-BPTT step on the cluster; the chunk's loss in bits per character.
+    def _loss_and_grad(self, index: int) -> tuple[float, Any, np.ndarray, int]:
+        """Chunk ``index`` on the cluster: the gradient summed over the shards.
 
-        As :meth:`rnn_ext.training.Trainer.train_step`, with the gradient
-        summed over the shards (``reduction="sum"`` on each, scaled once by
-        the global number of targets for ``"mean"``).  With one shard the
-        worker runs the Trainer's own call, so the step is the local one bit
-        for bit.
+        As :meth:`rnn_ext.training.Trainer._loss_and_grad`, with
+        ``reduction="sum"`` on each shard, scaled once by the global number
+        of targets for ``"mean"``.  With one shard the worker runs the
+        Trainer's own call, so the step is the local one bit for bit.
         """
-        chunk = self.step % self.chunks_per_pass
-        if chunk == 0:
-            self.h = None  # a new pass over the text starts from a zero state
         whole = len(self._bounds) == 1
 
         def submit(i: int, data: Any, worker: str, params: Any) -> Any:
@@ -491,7 +484,7 @@ class DistributedTrainer(Trainer):
                 self.traffic["sent"] += h0.nbytes
             else:
                 h0 = None if self._reseed else STORED
-            return self.client.submit(shard_train_step, data, params, self.step, chunk, h0,
+            return self.client.submit(shard_train_step, data, params, self.step, index, h0,
                                       self.reduction if whole else "sum", workers=[worker],
                                       allow_other_workers=False, pure=False)
 
@@ -503,24 +496,10 @@ class DistributedTrainer(Trainer):
             loss = result.loss * scale
         else:
             scale, loss = 1.0, result.loss
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training diverged at step {self.step + 1} (loss {loss}); try a lower learning rate or clipping"
-            )
         grad = _writable(result.grad)
         if scale != 1.0:
             grad *= scale
-        g = self._spec.unpack(grad)
-        if self.clip is not None:
-            clip_grad_value(g, self.clip)
-        if self.clip_norm is not None:
-            clip_grad_norm(g, self.clip_norm)
-        self.optimizer.step(g)
-        self.h = np.concatenate(result.pieces, axis=0)
-        self.step += 1
-        self.last_chars = count
-        per_char = loss / count if self.reduction == "sum" else loss
-        return per_char / _LN2
+        return loss, self._spec.unpack(grad), np.concatenate(result.pieces, axis=0), count
 
     def evaluate(self, split: str = "val") -> float | None:
         """As :meth:`Trainer.evaluate`; ``"train"`` runs on the shards, where the streams are."""

@@ -318,9 +318,7 @@ class Trainer:
         index = self.step % self.chunks_per_pass
         if index == 0:
             self.h = None  # a new pass over the text starts from a zero state
-        x, y = self._chunk(index)
-        m = self.model
-        loss, g = m.loss_and_grad(_time_major(m, x), _time_major(m, y), h0=self.h, reduction=self.reduction)
+        loss, g, h_last, chars = self._loss_and_grad(index)
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"training diverged at step {self.step + 1} (loss {loss}); try a lower learning rate or clipping"
@@ -330,11 +328,21 @@ class Trainer:
         if self.clip_norm is not None:
             clip_grad_norm(g, self.clip_norm)
         self.optimizer.step(g)
-        self.h = g.h_last
+        self.h = h_last
         self.step += 1
-        self.last_chars = x.size
-        per_char = loss / x.size if self.reduction == "sum" else loss
+        self.last_chars = chars
+        per_char = loss / chars if self.reduction == "sum" else loss
         return per_char / _LN2
+
+    def _loss_and_grad(self, index):
+        """Chunk ``index`` from ``self.h``: (loss, gradients, final state, characters).
+
+        The one piece a trainer that computes gradients elsewhere replaces.
+        """
+        x, y = self._chunk(index)
+        m = self.model
+        loss, g = m.loss_and_grad(_time_major(m, x), _time_major(m, y), h0=self.h, reduction=self.reduction)
+        return loss, g, g.h_last, x.size
 
     def evaluate(self, split="val"):
         """Loss in bits per character on ``"val"`` (one stream) or ``"train"`` (``batch`` streams)."""
