@@ -6,7 +6,7 @@
  * turn into SIMD code: a few ulp of error, well inside float32's tolerance
  * (tests/test_fastmath.py bounds it).  float64 keeps libm's tanh and exp.
  *
- * Where the compiler and platform support it (GCC or Clang, x86-64, ELF,
+ * Where the compiler and platform support it (GCC >= 11 or Clang >= 14, x86-64, ELF,
  * glibc's ifunc) each loop is also compiled for x86-64-v3 (AVX2, FMA) and
  * picked at load time; elsewhere it is a plain loop for the baseline
  * instruction set.  Never -march=native: a wheel must run on any CPU.
@@ -20,7 +20,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && \
-    (defined(__clang__) ? (__clang_major__ >= 14) : (defined(__GNUC__) && __GNUC__ >= 8)) && \
+    (defined(__clang__) ? (__clang_major__ >= 14) : (defined(__GNUC__) && __GNUC__ >= 11)) && \
     !defined(RNN_EXT_NO_CLONES)
 #define RNN_EXT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #define RNN_EXT_HAVE_CLONES 1
