@@ -13,21 +13,12 @@ _I = npt.NDArray[np.intp]
 DEBUG: bool
 SIMD_CLONES: bool
 
-def forward(
-    hs: _F,
-    Z: _F,
-    xf: _F | None,
-    xi: _I | None,
-    U: _F,
-    UT: _F | None,
-    W: _F,
-    b: _F | None,
-    V: _F,
-    c: _F | None,
-    lengths: _I | None,
-    relu: bool,
-) -> None: ...
-def loss_and_grad(
+FORWARD: int
+LOSS: int
+GRAD_V: int
+FULL: int
+
+def run_pass(
     hs: _F,
     Z: _F,
     xf: _F | None,

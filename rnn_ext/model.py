@@ -25,8 +25,7 @@ from ._validation import (
 
 __all__ = ["RNN"]
 
-# what= codes of _kernels.loss_and_grad
-_LOSS, _GRAD_V, _FULL = 0, 1, 2
+_FORWARD, _LOSS, _GRAD_V, _FULL = _kernels.FORWARD, _kernels.LOSS, _kernels.GRAD_V, _kernels.FULL
 
 
 class RNN:
@@ -275,9 +274,10 @@ class RNN:
         hs = self._hidden_buffer(batch)
         Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
         with self._threads(batch):
-            _kernels.forward(hs, Z, batch.xf, batch.xi, self._U, self._UT(batch), self._W,
-                             self._b, self._V, self._c, batch.lengths,
-                             self.nonlinearity == "relu")
+            _kernels.run_pass(hs, Z, batch.xf, batch.xi, None, None, self._U, self._UT(batch),
+                              self._W, self._b, self._V, self._c, batch.lengths,
+                              self.nonlinearity == "relu", 0, 1.0, _FORWARD,
+                              None, None, None, None, None, None, None, None, None)
         return ForwardResult(self._sequence(hs[1:], batch), self._sequence(Z, batch),
                              self._h_last(hs, batch))
 
@@ -307,7 +307,7 @@ class RNN:
             g["h0"] = np.empty((B, H), dtype=dt)
             g["x"] = np.empty((T * B, D), dtype=dt) if batch.xf is not None else None
         with self._threads(batch):
-            total = _kernels.loss_and_grad(
+            total = _kernels.run_pass(
                 hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, self._U, self._UT(batch),
                 self._W, self._b, self._V, self._c, batch.lengths,
                 self.nonlinearity == "relu", ignore_index, scale, what, g.get("V"),

@@ -45,7 +45,7 @@ SIMD_CLONES = bool(RNN_EXT_HAVE_CLONES)
 # What softmax_loss leaves in Z.
 cdef enum Mode:
     PROBS = 0   # Z := softmax(Z); no loss
-    LOSS = 1    # loss only; Z is scratch afterwards
+    LOSS_ONLY = 1  # loss only; Z is scratch afterwards
     DZ = 2      # loss, and Z := scale * dL/dZ (eq. 4's ŷ - y)
 
 
@@ -374,74 +374,55 @@ cdef int check_pass(floating[:, :, ::1] hs, floating[:, ::1] Z,
     return 0
 
 
-def forward(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
-            const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
-            const floating[:, ::1] U not None, const floating[:, ::1] UT,
-            const floating[:, ::1] W not None, const floating[::1] b,
-            const floating[:, ::1] V not None, const floating[::1] c,
-            const Py_ssize_t[::1] lengths, bint relu):
-    """Eqs. (1)-(2): hidden states and output probabilities.
+# What run_pass computes (the model passes these codes as ``what``).
+FORWARD = -1  # h and the probabilities (Z := softmax); no targets
+LOSS = 0      # the loss alone
+GRAD_V = 1    # the loss, dV and dc (eq. 4)
+FULL = 2      # the loss and every gradient (eqs. 4-7)
 
+
+def run_pass(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
+             const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
+             const Py_ssize_t[::1] yi, const floating[:, ::1] ys,
+             const floating[:, ::1] U not None, const floating[:, ::1] UT,
+             const floating[:, ::1] W not None, const floating[::1] b,
+             const floating[:, ::1] V not None, const floating[::1] c,
+             const Py_ssize_t[::1] lengths, bint relu,
+             Py_ssize_t ignore_index, double scale, int what,
+             floating[:, ::1] dV, floating[::1] dc,
+             floating[:, :, ::1] delta, floating[:, ::1] dU,
+             floating[:, ::1] dUT, floating[:, ::1] dW, floating[::1] db,
+             floating[:, ::1] dh0, floating[:, ::1] dx):
+    """Eqs. (1)-(7): one whole pass, forward and, by ``what``, backward.
+
+    what : FORWARD, LOSS, GRAD_V or FULL (module constants)
     hs : (T+1, B, H), hs[0] = h0 on entry; hs[1:] = h on exit (overwritten)
-    Z : (T*B, K), overwritten with the probabilities
+    Z : (T*B, K): the probabilities on exit with FORWARD, scratch otherwise
     xf : (T*B, D) float input, or None;  xi : (T*B,) ids, or None
+    yi : (T*B,) class ids, or None;  ys : (T*B, K) target rows, or None
+        (both None with FORWARD, exactly one otherwise)
     U (H, D), UT (D, H) or None, W (H, H), b (H,) or None, V (K, H), c (K,) or None
     lengths : (B,) or None
-    """
-    check_pass(hs, Z, xf, xi, U, UT, W, b, V, c, lengths)
-    cdef int T = hs.shape[0] - 1, B = hs.shape[1], H = hs.shape[2]
-    cdef int D = U.shape[1], K = V.shape[0]
-    cdef floating* phs = &hs[0, 0, 0]
-    cdef floating* pZ = &Z[0, 0]
-    cdef const floating* pxf = ptr2(xf)
-    cdef const Py_ssize_t* pxi = iptr(xi)
-    cdef const floating* pU = &U[0, 0]
-    cdef const floating* pUT = ptr2(UT)
-    cdef const floating* pW = &W[0, 0]
-    cdef const floating* pb = ptr1(b)
-    cdef const floating* pV = &V[0, 0]
-    cdef const floating* pc = ptr1(c)
-    cdef const Py_ssize_t* plen = iptr(lengths)
-    with nogil:
-        rnn_forward(phs, pxf, pxi, pU, pUT, pW, pb, plen, T, B, D, H, relu)
-        output_forward(pZ, phs + <Py_ssize_t>B * H, pV, pc, <Py_ssize_t>T * B, H, K)
-        softmax_loss(pZ, NULL, <floating*>NULL, NULL, T, B, K, 0, 1, PROBS)
-
-
-def loss_and_grad(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
-                  const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
-                  const Py_ssize_t[::1] yi, const floating[:, ::1] ys,
-                  const floating[:, ::1] U not None, const floating[:, ::1] UT,
-                  const floating[:, ::1] W not None, const floating[::1] b,
-                  const floating[:, ::1] V not None, const floating[::1] c,
-                  const Py_ssize_t[::1] lengths, bint relu,
-                  Py_ssize_t ignore_index, double scale, int what,
-                  floating[:, ::1] dV, floating[::1] dc,
-                  floating[:, :, ::1] delta, floating[:, ::1] dU,
-                  floating[:, ::1] dUT, floating[:, ::1] dW, floating[::1] db,
-                  floating[:, ::1] dh0, floating[:, ::1] dx):
-    """Eqs. (1)-(7): the loss and, by ``what``, its gradients.
-
-    what : 0 the loss only; 1 also dV, dc (eq. 4); 2 full BPTT (eqs. 4-7)
-    hs (T+1, B, H) in/out as in ``forward``; Z (T*B, K) scratch
-    yi : (T*B,) class ids, or None;  ys : (T*B, K) target rows, or None
     scale : 1 for reduction="sum", 1/count for "mean"; applied to dZ only
-    dV (K, H), dc (K,) or None: written when what >= 1
+    dV (K, H), dc (K,) or None: overwritten with GRAD_V and FULL
     delta (T, B, H), dU (H, D), dUT (D, H) or None, dW (H, H), db (H,) or None,
-    dh0 (B, H), dx (T*B, D) or None: written when what == 2
-    Returns the summed (unscaled) loss as a float.
+    dh0 (B, H), dx (T*B, D) or None: overwritten with FULL
+    Returns the summed (unscaled) loss as a float (0.0 with FORWARD).
     """
     check_pass(hs, Z, xf, xi, U, UT, W, b, V, c, lengths)
     cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
     cdef Py_ssize_t h = hs.shape[2], d = U.shape[1], nb = hs.shape[1]
-    expect((yi is None) != (ys is None), "exactly one of yi, ys")
+    expect(FORWARD <= what <= FULL, "what")
+    if what == FORWARD:
+        expect(yi is None and ys is None, "targets given to a forward pass")
+    else:
+        expect((yi is None) != (ys is None), "exactly one of yi, ys")
     expect(yi is None or yi.shape[0] == n, "yi")
     expect(ys is None or (ys.shape[0] == n and ys.shape[1] == k), "ys")
-    expect(0 <= what <= 2, "what")
-    if what >= 1:
+    if what >= GRAD_V:
         expect(dV is not None and dV.shape[0] == k and dV.shape[1] == h, "dV")
         expect((dc is None) == (c is None) and (dc is None or dc.shape[0] == k), "dc")
-    if what == 2:
+    if what == FULL:
         expect(delta is not None and delta.shape[0] * delta.shape[1] == n
                and delta.shape[1] == nb and delta.shape[2] == h, "delta")
         expect(dU is not None and dU.shape[0] == h and dU.shape[1] == d, "dU")
@@ -475,11 +456,12 @@ def loss_and_grad(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
     cdef floating* pdb = NULL
     cdef floating* pdh0 = NULL
     cdef floating* pdx = NULL
+    cdef Mode mode = PROBS if what == FORWARD else (LOSS_ONLY if what == LOSS else DZ)
     cdef double total
-    if what >= 1:
+    if what >= GRAD_V:
         pdV = &dV[0, 0]
         pdc = <floating*>ptr1(dc)
-    if what == 2:
+    if what == FULL:
         pdelta = &delta[0, 0, 0]
         pdU = &dU[0, 0]
         pdUT = <floating*>ptr2(dUT)
@@ -491,11 +473,11 @@ def loss_and_grad(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
         rnn_forward(phs, pxf, pxi, pU, pUT, pW, pb, plen, T, B, D, H, relu)
         output_forward(pZ, phs + <Py_ssize_t>B * H, pV, pc, TB, H, K)
         total = softmax_loss(pZ, pyi, pys, plen, T, B, K, ignore_index,
-                             <floating>scale, DZ if what >= 1 else LOSS)
-        if what >= 1:
+                             <floating>scale, mode)
+        if mode == DZ:
             output_backward(pZ, phs + <Py_ssize_t>B * H, pV, pdV, pdc, pdelta,
                             TB, H, K)
-        if what == 2:
+        if pdelta != NULL:
             rnn_backward(pdelta, phs, pxf, pxi, pU, pW, pdU, pdUT, pdW, pdb,
                          pdh0, pdx, T, B, D, H, relu)
     return total
