@@ -3,7 +3,7 @@
 Compiler directives live here and nowhere else.  ``RNN_EXT_DEBUG=1`` at build
 time turns on bounds and wraparound checks and ``-O0 -g``, so the same test
 suite can run against a checked build.  ``RNN_EXT_SANITIZE=1`` adds
-``-fsanitize=address,undefined`` (GCC/Clang only).
+``-fsanitize=address,undefined,float-cast-overflow`` (GCC/Clang only).
 """
 
 import os
@@ -36,8 +36,9 @@ else:
     compile_args = ["-O3", "-g0", "-fno-trapping-math"] if not DEBUG else ["-O0", "-g"]
     link_args = []
     if SANITIZE:
-        compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-        link_args += ["-fsanitize=address,undefined"]
+        sanitizers = "-fsanitize=address,undefined,float-cast-overflow"
+        compile_args += [sanitizers, "-fno-omit-frame-pointer"]
+        link_args += [sanitizers]
 
 extensions = [
     Extension(

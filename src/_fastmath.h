@@ -56,8 +56,11 @@ static inline float rnn_ext_tanhf1(float a) {
  * inputs below -87 give exp(-87) ~ 1.6e-38 rather than a denormal. */
 static inline float rnn_ext_expf1(float x) {
     x = x < -87.0f ? -87.0f : x;
-    /* n = round(x / ln2), by the float rounding of a large magic constant */
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    /* n = round(x / ln2), by the float rounding of a large magic constant;
+     * from a NaN-free copy, since converting NaN to int is undefined (r
+     * below still carries a NaN through to the result) */
+    const float xn = (x == x) ? x : 0.0f;
+    const float n = (xn * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     const float z = r * r;
