@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ._kernels import id_range
+
 __all__ = [
     "Batch",
     "check_batch",
@@ -116,6 +118,15 @@ class Batch:
     count: int  # targets counted by the loss (for reduction="mean")
 
 
+def _as_ids(a: np.ndarray) -> np.ndarray:
+    """Integer ids as a C-contiguous intp array (a copy when needed)."""
+    if a.dtype.kind == "u" and a.dtype.itemsize >= np.dtype(np.intp).itemsize and a.size:
+        top = a.max()
+        if top > np.iinfo(np.intp).max:  # would wrap in the cast
+            raise ValueError(f"ids must fit in {np.dtype(np.intp).name}, got {top}")
+    return np.ascontiguousarray(a, dtype=np.intp)
+
+
 def _time_major(a: np.ndarray, batched: bool, batch_first: bool) -> np.ndarray:
     return a.swapaxes(0, 1) if batched and batch_first else a
 
@@ -127,10 +138,10 @@ def _check_x(x: Any, D: int, dtype: np.dtype, batch_first: bool):
         if a.ndim not in (1, 2):
             raise ValueError(f"x of int ids must be {layout} or unbatched (T,), got shape {a.shape}")
         batched = a.ndim == 2
-        if a.size and (a.min() < 0 or a.max() >= D):
-            raise ValueError(f"x ids must be in [0, {D}) (input_size), got values in [{a.min()}, {a.max()}]")
-        a = _time_major(a, batched, batch_first)
-        ids = np.ascontiguousarray(a, dtype=np.intp)
+        ids = _as_ids(_time_major(a, batched, batch_first))
+        lo, hi, _ = id_range(ids.reshape(-1), 0, False)
+        if lo < 0 or hi >= D:
+            raise ValueError(f"x ids must be in [0, {D}) (input_size), got values in [{lo}, {hi}]")
         return ids, None, batched, ids.shape[0], (ids.shape[1] if batched else 1)
     if a.ndim not in (2, 3):
         raise ValueError(f"x of floats must be {layout[:-1]}, D) or unbatched (T, D), got shape {a.shape}")
@@ -175,14 +186,12 @@ def _check_y(y: Any, T: int, B: int, K: int, batched: bool, batch_first: bool,
     if a.dtype.kind in "iu":
         if a.shape != tb:
             raise ValueError(f"y of class ids must have shape {tb} to match x, got {a.shape}")
-        bad = (a < 0) | (a >= K)
-        if bad.any():
-            bad &= a != ignore_index
-            if bad.any():
-                v = a[bad].flat[0]
-                raise ValueError(f"y class ids must be in [0, {K}) (output_size) or ignore_index={ignore_index}, got {v}")
-        a = _time_major(a, batched, batch_first)
-        return np.ascontiguousarray(a, dtype=np.intp).reshape(-1), None
+        yi = _as_ids(_time_major(a, batched, batch_first)).reshape(-1)
+        lo, hi, _ = id_range(yi, ignore_index, True)
+        if lo < 0 or hi >= K:
+            v = lo if lo < 0 else hi
+            raise ValueError(f"y class ids must be in [0, {K}) (output_size) or ignore_index={ignore_index}, got {v}")
+        return yi, None
     want = tb + (K,)
     if a.shape != want:
         hint = " (float y is read as target rows; pass class ids as an int array)" if a.shape == tb else ""
@@ -238,9 +247,10 @@ def check_batch(x: Any, y: Any, h0: Any, lengths: Any, *, D: int, H: int, K: int
     if y is not None:
         yi, ys = _check_y(y, T, B, K, batched, batch_first, ignore_index, dtype)
         valid = None if lens is None else (np.arange(T)[:, None] < lens[None, :]).reshape(-1)
-        if yi is not None:
-            kept = yi != ignore_index
-            count = int(np.count_nonzero(kept if valid is None else kept & valid))
+        if yi is not None and valid is None:
+            count = id_range(yi, ignore_index, True)[2]
+        elif yi is not None:
+            count = int(np.count_nonzero((yi != ignore_index) & valid))
         else:
             count = T * B if valid is None else int(np.count_nonzero(valid))
     if xi is not None:

@@ -481,3 +481,23 @@ def run_pass(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
             rnn_backward(pdelta, phs, pxf, pxi, pU, pW, pdU, pdUT, pdW, pdb,
                          pdh0, pdx, T, B, D, H, relu)
     return total
+
+
+# ---------------------------------------------------------------------------
+# a helper for validation (rnn_ext/_validation.py): one pass, not three
+
+def id_range(const Py_ssize_t[::1] ids not None, Py_ssize_t ignore, bint use_ignore):
+    """(min, max, count) over the ids, leaving out those equal to ``ignore``
+    when ``use_ignore``; (0, -1, 0) when none is left."""
+    cdef Py_ssize_t i, v, lo = 0, hi = -1, n = 0
+    with nogil:
+        for i in range(ids.shape[0]):
+            v = ids[i]
+            if use_ignore and v == ignore:
+                continue
+            if n == 0 or v < lo:
+                lo = v
+            if n == 0 or v > hi:
+                hi = v
+            n += 1
+    return lo, hi, n
