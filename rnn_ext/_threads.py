@@ -40,8 +40,11 @@ import threading
 
 __all__ = ["set_num_threads", "get_num_threads", "threads", "pass_threads", "blas_info"]
 
-# Guards every change of the BLAS count and of the state below.
-_lock = threading.RLock()
+# Guards every change of the BLAS count and of the state below.  Not
+# reentrant: _libs() is always called before taking it.
+_lock = threading.Lock()
+# Serialises the one-time construction of the controller.
+_init_lock = threading.Lock()
 # ThreadpoolController restricted to the kernel's BLAS; built on first use,
 # with a getter and a setter of the thread count per library.
 _controller = None
@@ -105,7 +108,7 @@ def _accessors(lib):
 def _libs():
     global _controller, _getters, _setters, _default_counts
     if _controller is None:
-        with _lock:
+        with _init_lock:
             if _controller is None:
                 controller = _find_kernel_blas()
                 libs = controller.lib_controllers
@@ -131,16 +134,11 @@ def _check_n(n, allow_none=True):
     return value
 
 
-def _counts():
-    _libs()
-    return [get_n() for get_n in _getters]
-
-
 def _baseline():
     """Counts in force outside any small pass (lock held)."""
     if _auto_depth:
         return list(_auto_saved)
-    return _counts()
+    return [get_n() for get_n in _getters]
 
 
 def _set_baseline(counts):
@@ -158,8 +156,7 @@ def _set_baseline(counts):
 def _apply(n):
     """Set the user's choice `n` (validated; None = automatic) (lock held)."""
     global _user_n
-    libs = _libs()
-    _set_baseline(list(_default_counts) if n is None else [n] * len(libs))
+    _set_baseline(list(_default_counts) if n is None else [n] * len(_getters))
     _user_n = n
 
 
@@ -180,6 +177,7 @@ def set_num_threads(n):
         If `n` is smaller than 1.
     """
     n = _check_n(n)
+    _libs()
     with _lock:
         _apply(n)
 
@@ -217,6 +215,7 @@ class threads:
         self._saved = []
 
     def __enter__(self):
+        _libs()
         with _lock:
             self._saved.append((_user_n, _baseline()))
             _apply(self._n)
@@ -241,10 +240,12 @@ class _OneThreadPass:
 
     def __enter__(self):
         global _auto_depth, _auto_saved
+        if _controller is None:
+            _libs()
         with _lock:
-            if _auto_depth == 0:
-                _auto_saved = _counts()
-                for set_n, n in zip(_setters, _auto_saved):
+            if not _auto_depth:
+                _auto_saved = saved = [get_n() for get_n in _getters]
+                for set_n, n in zip(_setters, saved):
                     if n != 1:
                         set_n(1)
             _auto_depth += 1
@@ -254,7 +255,7 @@ class _OneThreadPass:
         global _auto_depth, _auto_saved
         with _lock:
             _auto_depth -= 1
-            if _auto_depth == 0:
+            if not _auto_depth:
                 for set_n, n in zip(_setters, _auto_saved):
                     if n != 1:
                         set_n(n)
