@@ -28,6 +28,7 @@ def run_pass(
     U: _F,
     UT: _F | None,
     W: _F,
+    WT: _F | None,
     b: _F | None,
     V: _F,
     c: _F | None,

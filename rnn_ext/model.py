@@ -226,6 +226,11 @@ class RNN:
             return np.ascontiguousarray(self._U.T)
         return None
 
+    def _WT(self, batch: Batch) -> np.ndarray | None:
+        # For B > 1 the recurrence reads W.T's rows (see rnn_forward); one
+        # H*H copy per pass against T GEMMs of B*H*H.
+        return np.ascontiguousarray(self._W.T) if batch.B > 1 else None
+
     def _threads(self, batch: Batch):
         # the BLAS thread count, chosen once around the whole pass
         return pass_threads(batch.T, batch.B, self.input_size, self.hidden_size,
@@ -275,7 +280,7 @@ class RNN:
         Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
         with self._threads(batch):
             _kernels.run_pass(hs, Z, batch.xf, batch.xi, None, None, self._U, self._UT(batch),
-                              self._W, self._b, self._V, self._c, batch.lengths,
+                              self._W, self._WT(batch), self._b, self._V, self._c, batch.lengths,
                               self.nonlinearity == "relu", 0, 1.0, _FORWARD,
                               None, None, None, None, None, None, None, None, None)
         return ForwardResult(self._sequence(hs[1:], batch), self._sequence(Z, batch),
@@ -309,7 +314,7 @@ class RNN:
         with self._threads(batch):
             total = _kernels.run_pass(
                 hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, self._U, self._UT(batch),
-                self._W, self._b, self._V, self._c, batch.lengths,
+                self._W, self._WT(batch), self._b, self._V, self._c, batch.lengths,
                 self.nonlinearity == "relu", ignore_index, scale, what, g.get("V"),
                 g.get("c"), g.get("delta"), g.get("U"), g.get("UT"), g.get("W"), g.get("b"),
                 g.get("h0"), g.get("x"))
