@@ -7,10 +7,11 @@
 For every case (T, B, D=K, H; float32, integer ids in and out) and thread
 count, each implementation runs each operation: rnn_ext's forward, grad_V and
 loss_and_grad; the same computed by the hoisted NumPy peer (hoisted_numpy.py)
-and by PyTorch (torch_peer.py, when torch is installed).  Implementations are
-interleaved: one timed block of each in turn, repeated; each block loops the
-call enough times to last --min-time, and the reported time per call is the
-median over --repeat blocks after a warm-up.  Before timing, the NumPy and
+and by PyTorch (torch_peer.py, when torch is installed).  Implementations,
+operations and thread counts are interleaved: one timed block of each in
+turn, repeated; each block loops the call enough times to last --min-time,
+and the reported time per call is the median over --repeat blocks after a
+warm-up.  Before timing, the NumPy and
 PyTorch results are checked against rnn_ext's once per case.  The sgemm rate
 of rnn_ext's BLAS (roofline.py) is measured at the start and end of each
 thread count's run.  A table goes to the screen, CSV and JSON to
@@ -95,7 +96,12 @@ def parse_args(argv):
     )
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--tag", default="", help="added to the output file names")
+    parser.add_argument(
+        "--markdown", metavar="JSON", help="print a saved run as Markdown tables, run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        return args
     if args.quick:
         args.T, args.B, args.DK, args.H = [25], [1, 32], [65], [128, 1024]
         args.repeat = min(args.repeat, 3)
@@ -205,28 +211,35 @@ def thread_context(impl, n, args, numpy_blas):
         return _threads.threads(n if (n == 1 or args.forced) else None)
     if impl == "numpy":
         return numpy_blas.limit(n)
-    return _threads._NO_CHANGE  # torch: torch.set_num_threads, once per thread count
+    torch.set_num_threads(n)
+    return _threads._NO_CHANGE
 
 
-def run_case(case, n, args, numpy_blas):
-    """{(impl, op): [seconds per call, one per repeat]} for one case and thread count."""
-    settle = args.settle if args.settle is not None else (0.1 if n > 1 else 0.0)
-    pairs = [(impl, op) for op in args.ops for impl in args.impl]
+def run_case(case, args, numpy_blas):
+    """{(threads, impl, op): [seconds per call, one per repeat]} for one case.
+
+    Every thread count, implementation and operation takes its turn once per
+    round, so slow drifts of a shared machine hit them all alike.
+    """
+    keys = [(n, impl, op) for n in args.threads for op in args.ops for impl in args.impl]
     calls = {}
-    for impl, op in pairs:  # warm-up, and how many calls fill --min-time
+    for key in keys:  # warm-up, and how many calls fill --min-time
+        n, impl, op = key
         fn = case.call(impl, op)
         with thread_context(impl, n, args, numpy_blas):
             once = time_block(fn, 1)
             once = min(once, time_block(fn, 1))
-        calls[impl, op] = max(1, int(args.min_time / max(once, 1e-7)))
-    times = {pair: [] for pair in pairs}
+        calls[key] = max(1, int(args.min_time / max(once, 1e-7)))
+    times = {key: [] for key in keys}
     for _ in range(args.repeat):
-        for impl, op in pairs:
+        for key in keys:
+            n, impl, op = key
+            settle = args.settle if args.settle is not None else (0.1 if n > 1 else 0.0)
             if settle:
                 time.sleep(settle)
             fn = case.call(impl, op)
             with thread_context(impl, n, args, numpy_blas):
-                times[impl, op].append(time_block(fn, calls[impl, op]))
+                times[key].append(time_block(fn, calls[key]))
     return times, calls
 
 
@@ -285,8 +298,41 @@ def machine_info():
     }
 
 
+def markdown(path):
+    """A saved run as Markdown: one table per thread count, fwd+bwd first."""
+    with open(path) as f:
+        run = json.load(f)
+    meta, rows = run["meta"], run["rows"]
+    print(
+        f"{meta['cpu']}, {meta['cores']} cores; numpy {meta['numpy']}, scipy {meta['scipy']}, "
+        f"torch {meta['torch']}; rnn_ext's BLAS: {meta['kernel_blas']}\n"
+    )
+    for n, roof in meta["rooflines"].items():
+        print(
+            f"**{n} thread(s)**: sgemm {roof['gflops']:.1f} GFLOP/s (start {roof['start']['median']:.1f}, "
+            f"end {roof['end']['median']:.1f}). Median ms per call.\n"
+        )
+        print("| T | B | D=K | H | op | rnn_ext ms | numpy ms | torch ms | GFLOP/s | vs numpy | vs torch | roofline |")
+        print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for row in rows:
+            if str(row["threads"]) != str(n):
+                continue
+            roof_frac = row["roofline_frac"]
+            gf = row["rnn_ext_gflops"]
+            print(
+                f"| {row['T']} | {row['B']} | {row['D']} | {row['H']} | {row['op']} | "
+                f"{fmt_ms(row['rnn_ext_s'])} | {fmt_ms(row['numpy_s'])} | {fmt_ms(row['torch_s'])} | "
+                f"{'-' if gf is None else format(gf, '.1f')} | {fmt_x(row['vs_numpy'])} | "
+                f"{fmt_x(row['vs_torch'])} | {'-' if roof_frac is None else format(100 * roof_frac, '.0f') + '%'} |"
+            )
+        print()
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.markdown:
+        markdown(args.markdown)
+        return
     info = machine_info()
     print(
         f"{info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}, "
@@ -297,24 +343,21 @@ def main(argv=None):
     cases = [
         (T, B, DK, H, DK) for T in args.T for B in args.B for DK in args.DK for H in args.H
     ]
-    rows, rooflines, started = [], {}, time.time()
-    for n in args.threads:
-        if torch is not None:
-            torch.set_num_threads(n)
-        roof = measure_roofline(n, args)
-        print(
-            f"\n== {n} thread(s): sgemm {args.roofline_size}^3 {roof['median']:.1f} GFLOP/s "
-            "(roofline column provisional until the closing sgemm)"
-        )
-        print(HEADER)
-        for T, B, D, H, K in cases:
-            case = Case(T, B, D, H, K, args.impl)
-            case.verify(args.impl)
-            load = os.getloadavg()[0]
-            times, calls = run_case(case, n, args, numpy_blas)
+    started = time.time()
+    rooflines = {n: {"start": measure_roofline(n, args)} for n in args.threads}
+    for n, roof in rooflines.items():
+        print(f"sgemm {args.roofline_size}^3 on {n} thread(s): {roof['start']['median']:.1f} GFLOP/s")
+    print("\n" + HEADER + "   (roofline column provisional until the closing sgemm)")
+    rows = []
+    for T, B, D, H, K in cases:
+        case = Case(T, B, D, H, K, args.impl)
+        case.verify(args.impl)
+        load = os.getloadavg()[0]
+        times, calls = run_case(case, args, numpy_blas)
+        for n in args.threads:
             for op in args.ops:
                 med = {
-                    impl: statistics.median(times[impl, op]) if (impl, op) in times else None
+                    impl: statistics.median(times[n, impl, op]) if (n, impl, op) in times else None
                     for impl in IMPLS
                 }
                 ours = med["rnn_ext"]
@@ -325,25 +368,27 @@ def main(argv=None):
                     rnn_ext_gflops=gflops,
                     vs_numpy=None if None in (ours, med["numpy"]) else med["numpy"] / ours,
                     vs_torch=None if None in (ours, med["torch"]) else med["torch"] / ours,
-                    roofline_frac=None,  # filled in once the closing sgemm is measured
+                    roofline_frac=None if gflops is None
+                    else gflops / rooflines[n]["start"]["median"],
                     numpy_err=case.verified.get("numpy"), torch_err=case.verified.get("torch"),
                     load=load,
-                    raw={f"{impl}": times[impl, op] for impl in IMPLS if (impl, op) in times},
-                    calls_per_block={impl: calls[impl, op] for impl in IMPLS if (impl, op) in calls},
+                    raw={impl: times[n, impl, op] for impl in IMPLS if (n, impl, op) in times},
+                    calls_per_block={
+                        impl: calls[n, impl, op] for impl in IMPLS if (n, impl, op) in calls
+                    },
                 )
-                row["roofline_frac"] = None if gflops is None else gflops / roof["median"]
                 rows.append(row)
                 print(table_line(row), flush=True)
-        end = measure_roofline(n, args)
-        roof = {"start": roof, "end": end, "gflops": max(roof["median"], end["median"])}
-        rooflines[n] = roof
-        for row in rows:
-            if row["threads"] == n and row["rnn_ext_gflops"] is not None:
-                row["roofline_frac"] = row["rnn_ext_gflops"] / roof["gflops"]
+    for n, roof in rooflines.items():
+        roof["end"] = measure_roofline(n, args)
+        roof["gflops"] = max(roof["start"]["median"], roof["end"]["median"])
         print(
             f"sgemm at {n} thread(s): {roof['start']['median']:.1f} GFLOP/s at the start, "
-            f"{end['median']:.1f} at the end; the roofline column uses {roof['gflops']:.1f}"
+            f"{roof['end']['median']:.1f} at the end; the roofline column uses {roof['gflops']:.1f}"
         )
+    for row in rows:
+        if row["rnn_ext_gflops"] is not None:
+            row["roofline_frac"] = row["rnn_ext_gflops"] / rooflines[row["threads"]]["gflops"]
     print_final(rows, rooflines)
     save(rows, rooflines, info, args, time.time() - started)
 

@@ -108,7 +108,9 @@ def throughput(models, xs, ys, seconds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", default="1,2", help="Python thread counts")
-    parser.add_argument("--seconds", type=float, default=1.5, help="per measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=1.5, help="per measurement (longer for slow calls)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     counts = sorted({int(v) for v in args.threads.split(",")})
@@ -124,11 +126,16 @@ def main(argv=None):
                     if n > 1:
                         check_bit_identical(*work[n])
                     throughput(*work[n], min(0.2, args.seconds))  # warm-up
+                # long enough for at least 12 calls per thread
+                models, xs, ys = work[counts[0]]
+                start = time.perf_counter()
+                models[0].loss_and_grad(xs[0], ys[0])
+                seconds = max(args.seconds, 12 * (time.perf_counter() - start))
                 rates = {n: [] for n in counts}
                 cores = {n: [] for n in counts}
                 for _ in range(args.repeat):
                     for n in counts:
-                        rate, used = throughput(*work[n], args.seconds)
+                        rate, used = throughput(*work[n], seconds)
                         rates[n].append(rate)
                         cores[n].append(used)
                 med = {n: statistics.median(r) for n, r in rates.items()}
