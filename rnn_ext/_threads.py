@@ -244,10 +244,16 @@ class _OneThreadPass:
             _libs()
         with _lock:
             if not _auto_depth:
-                _auto_saved = saved = [get_n() for get_n in _getters]
-                for set_n, n in zip(_setters, saved):
+                if len(_getters) == 1:  # the usual case, kept short: this runs per call
+                    n = _getters[0]()
+                    _auto_saved = [n]
                     if n != 1:
-                        set_n(1)
+                        _setters[0](1)
+                else:
+                    _auto_saved = saved = [get_n() for get_n in _getters]
+                    for set_n, n in zip(_setters, saved):
+                        if n != 1:
+                            set_n(1)
             _auto_depth += 1
         return self
 
