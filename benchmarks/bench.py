@@ -298,6 +298,54 @@ def machine_info():
     }
 
 
+# The performance targets: (label, threads, case filter, column, minimum ratio).
+TARGETS = [
+    ("B=1, H<=256: vs PyTorch", 1, lambda r: r["B"] == 1 and r["H"] <= 256, "vs_torch", 20),
+    ("B=1, H<=256: vs hoisted NumPy", 1, lambda r: r["B"] == 1 and r["H"] <= 256, "vs_numpy", 4),
+    ("B=1, H=1024: vs PyTorch", 1, lambda r: r["B"] == 1 and r["H"] == 1024, "vs_torch", 8),
+    ("B=32, H<=256: vs PyTorch", 1, lambda r: r["B"] == 32 and r["H"] <= 256, "vs_torch", 3),
+    ("B=32, H<=256: vs hoisted NumPy", 1, lambda r: r["B"] == 32 and r["H"] <= 256, "vs_numpy", 1.5),
+    ("T=100, B=32, D=K=256, H=1024: vs PyTorch", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "vs_torch", 2),
+    ("T=100, B=32, D=K=256, H=1024: vs hoisted NumPy", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "vs_numpy", 1.15),
+    ("T=100, B=32, D=K=256, H=1024: of sgemm", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "roofline_frac", 0.8),
+    ("T=100, B=32, D=K=256, H=1024: vs PyTorch", 2, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "vs_torch", 1.5),
+]
+
+
+def target_lines(rows):
+    """Each target of the fwd+bwd (loss_and_grad) rows: worst and best ratio, met or missed."""
+    lines = ["| target (fwd+bwd) | threads | needed | measured (worst .. best) | |", "|---|---:|---:|---|---|"]
+    for label, n, keep, column, needed in TARGETS:
+        vals = [
+            r[column] for r in rows
+            if str(r["threads"]) == str(n) and r["op"] == "loss_and_grad" and keep(r)
+            and r.get(column) is not None
+        ]
+        if not vals:
+            continue
+        pct = column == "roofline_frac"
+        show = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.2f}x")
+        met = "met" if min(vals) >= needed else ("partly" if max(vals) >= needed else "missed")
+        lines.append(f"| {label} | {n} | {show(needed)} | {show(min(vals))} .. {show(max(vals))} | {met} |")
+    by_case = {}
+    for r in rows:
+        if r["op"] == "loss_and_grad" and r.get("rnn_ext_s") is not None:
+            by_case.setdefault((r["T"], r["B"], r["D"], r["H"]), {})[str(r["threads"])] = r["rnn_ext_s"]
+    slow = [
+        (t["2"] / t["1"], case) for case, t in by_case.items()
+        if "1" in t and "2" in t and _threads._auto_threads(case[0], case[1], case[2], case[3], case[2]) == 1
+    ]
+    if slow:
+        worst, case = max(slow)
+        typical = statistics.median(ratio for ratio, _ in slow)
+        lines.append(
+            f"| 2 threads never slower than 1 where the per-pass rule picks 1 thread | 2 | 1.00x | "
+            f"2-thread/1-thread time: median {typical:.2f}x, worst {worst:.2f}x "
+            f"(T, B, D, H = {case}) over {len(slow)} cases | {'met' if worst <= 1.0 else 'see note'} |"
+        )
+    return lines
+
+
 def markdown(path):
     """A saved run as Markdown: one table per thread count, fwd+bwd first."""
     with open(path) as f:
@@ -326,6 +374,7 @@ def markdown(path):
                 f"{fmt_x(row['vs_torch'])} | {'-' if roof_frac is None else format(100 * roof_frac, '.0f') + '%'} |"
             )
         print()
+    print("\n".join(target_lines(rows)))
 
 
 def main(argv=None):

@@ -14,17 +14,22 @@ to /proc/self/clear_refs resets VmHWM) and reads VmRSS as the baseline.  The
 measured number is VmHWM - baseline after one more fwd+bwd call whose result
 is still alive: the extra resident memory the call needed at its peak,
 including the gradients it returns.  glibc's malloc is told to serve every
-allocation of 64 KiB or more by mmap (MALLOC_MMAP_THRESHOLD_=65536) so freed
-arrays go back to the system and memory kept from the warm-up call cannot hide
-the second call's needs; the same rule applies to every implementation.
-Where /proc/self/clear_refs cannot be written the child measures the first
-call's ru_maxrss growth instead (one-time costs included; marked "first").
+allocation of 4 KiB or more by mmap and to trim freed memory at once
+(MALLOC_MMAP_THRESHOLD_=4096, MALLOC_TRIM_THRESHOLD_=0, MALLOC_TOP_PAD_=0), so
+freed arrays go back to the system and memory kept from the warm-up call
+cannot hide the second call's needs; the same rule applies to every
+implementation.  Allocations under 4 KiB (PyTorch's per-step tensors at B = 1,
+small H) can still reuse resident heap pages, so below about 1 MiB the
+numbers are at the resolution of pages and allocator reuse and can even fall
+under "floor".  Where /proc/self/clear_refs cannot be written (macOS,
+Windows) the first-call method is used instead: the growth of ru_maxrss over
+a first call in a fresh child, one-time costs included (marked "first").
 
 Alongside, tracemalloc's peak for the same call: the NumPy arrays it
 allocates (NumPy reports its data buffers to tracemalloc; PyTorch does not,
-so that column is empty for it).  "floor" is the memory no implementation
-of the full BPTT can avoid: float32 hidden states (T+1)·B·H, the
-probabilities T·B·K, one (T, B, H) buffer of deltas, and the gradients.
+so that column is empty for it).  "floor" is what BPTT laid out as in
+DESIGN.md §3 needs: float32 hidden states (T+1)·B·H, the probabilities
+T·B·K, one (T, B, H) buffer of deltas, and the gradients.
 """
 
 import argparse
