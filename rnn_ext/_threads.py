@@ -60,10 +60,10 @@ _auto_saved: list[int] | None = None
 
 # Passes smaller than this (forward flops) run their BLAS on one thread when
 # the user has not chosen a count ...
-AUTO_MIN_FLOPS = 1e9
-# ... and so do passes whose per-step recurrence GEMM, (B, H) x (H, H), has
-# fewer flops than this: 2·32·512·512 (B = 1 below H = 2896, B = 32 below H = 512).
-AUTO_MIN_STEP_FLOPS = 2 * 32 * 512 * 512
+AUTO_MIN_FLOPS = 50e6
+# ... and so do passes whose per-step recurrence product, (B, H) x (H, H), has
+# fewer flops than this: 2·1024·1024 (B = 1 below H = 1024, B = 32 below H = 182).
+AUTO_MIN_STEP_FLOPS = 2 * 1024 * 1024
 
 
 def _find_kernel_blas():
@@ -291,11 +291,14 @@ def _auto_threads(T, B, D, H, K):
     least AUTO_MIN_FLOPS) and so must each step of the recurrence, the
     sequential (B, H) x (H, H) product that runs T times in forward and again
     in backward (2·B·H·H flops, at least AUTO_MIN_STEP_FLOPS).  Below either,
-    waking and synchronising the BLAS threads on every step costs more than
-    it saves, and much more when another process holds a core: on a shared
-    2-core machine (benchmarks/README.md) two threads were slower than one
-    for every B = 1 case and for B = 32 up to H = 256, and up to twice as
-    fast only at B = 32, H = 1024.
+    waking and synchronising the BLAS threads on every step costs about what
+    the second core saves, or more.  On an idle 2-core machine
+    (benchmarks/README.md) the rule gives 1.6-1.9x at B = 1, H = 1024 and
+    at B = 32, H >= 256, and never runs a pass on two threads that was slower
+    on two than on one; it leaves 10-25 % unused at B = 32, H <= 128, where
+    two threads were faster in some cases and slower in others.  When other
+    processes hold the cores, two BLAS threads lose badly (each step waits
+    for the slower thread): pin one with ``rnn_ext.threads(1)`` there.
     """
     step = 2.0 * B * H * H
     total = 2.0 * T * B * (D * H + H * H + H * K)

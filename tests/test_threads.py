@@ -182,8 +182,11 @@ def test_set_num_threads_during_a_small_pass_wins_after_it():
 def test_auto_rule_small_and_large():
     assert _threads._auto_threads(**SMALL) == 1
     assert _threads._auto_threads(**LARGE) is None
-    # B = 1 is a matrix-vector product per step: never worth a second thread
-    assert _threads._auto_threads(T=1000, B=1, D=256, H=2048, K=256) == 1
+    # B = 1: a matrix-vector product per step, worth a second thread from H = 1024
+    assert _threads._auto_threads(T=100, B=1, D=256, H=256, K=256) == 1
+    assert _threads._auto_threads(T=100, B=1, D=256, H=1024, K=256) is None
+    # a large per-step product but too few steps for the whole pass to pay
+    assert _threads._auto_threads(T=1, B=8, D=65, H=512, K=65) == 1
 
 
 def test_overlapping_passes_from_threads_leave_blas_restored():
