@@ -60,9 +60,11 @@ _auto_saved: list[int] | None = None
 
 # Passes smaller than this (forward flops) run their BLAS on one thread when
 # the user has not chosen a count ...
-AUTO_MIN_FLOPS = 50e6
-# ... and so do passes whose per-step recurrence product, (B, H) x (H, H), has
-# fewer flops than this: 2·1024·1024 (B = 1 below H = 1024, B = 32 below H = 182).
+AUTO_MIN_FLOPS = 20e6
+# ... and so do passes with a batch below AUTO_MIN_BATCH whose per-step
+# recurrence product, (B, H) x (H, H), has fewer flops than
+# AUTO_MIN_STEP_FLOPS = 2·1024·1024 (B = 1: H below 1024).
+AUTO_MIN_BATCH = 8
 AUTO_MIN_STEP_FLOPS = 2 * 1024 * 1024
 
 
@@ -288,21 +290,22 @@ def _auto_threads(T, B, D, H, K):
 
     A second BLAS thread pays only when there is enough work to split: the
     whole pass must be large (forward flops 2·T·B·(D·H + H·H + H·K) of at
-    least AUTO_MIN_FLOPS) and so must each step of the recurrence, the
-    sequential (B, H) x (H, H) product that runs T times in forward and again
-    in backward (2·B·H·H flops, at least AUTO_MIN_STEP_FLOPS).  Below either,
-    waking and synchronising the BLAS threads on every step costs about what
-    the second core saves, or more.  On an idle 2-core machine
-    (benchmarks/README.md) the rule gives 1.6-1.9x at B = 1, H = 1024 and
-    at B = 32, H >= 256, and never runs a pass on two threads that was slower
-    on two than on one; it leaves 10-25 % unused at B = 32, H <= 128, where
-    two threads were faster in some cases and slower in others.  When other
-    processes hold the cores, two BLAS threads lose badly (each step waits
-    for the slower thread): pin one with ``rnn_ext.threads(1)`` there.
+    least AUTO_MIN_FLOPS), and with a small batch (B < AUTO_MIN_BATCH) so
+    must each step of the recurrence, the sequential matrix-vector-like
+    product that runs T times in forward and again in backward (2·B·H·H
+    flops, at least AUTO_MIN_STEP_FLOPS).  Below that, waking and
+    synchronising the BLAS threads costs about what the second core saves.
+    On an idle 2-core machine (benchmarks/README.md) two threads were
+    1.1-1.4x faster than one for B >= 8 above 20 MFLOP, 1.4-1.9x at B = 1,
+    H = 1024 and at B = 32, H >= 256, and no faster (0.9-1.1x) for B = 1,
+    H <= 256 or below 20 MFLOP.  When other processes hold the cores two
+    BLAS threads lose badly, each step waiting for the slower thread: pin
+    one with ``rnn_ext.threads(1)`` there.
     """
-    step = 2.0 * B * H * H
     total = 2.0 * T * B * (D * H + H * H + H * K)
-    if step < AUTO_MIN_STEP_FLOPS or total < AUTO_MIN_FLOPS:
+    if total < AUTO_MIN_FLOPS:
+        return 1
+    if B < AUTO_MIN_BATCH and 2.0 * B * H * H < AUTO_MIN_STEP_FLOPS:
         return 1
     return None
 

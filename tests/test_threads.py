@@ -187,6 +187,8 @@ def test_auto_rule_small_and_large():
     assert _threads._auto_threads(T=100, B=1, D=256, H=1024, K=256) is None
     # a large per-step product but too few steps for the whole pass to pay
     assert _threads._auto_threads(T=1, B=8, D=65, H=512, K=65) == 1
+    # a batch of 8 or more splits well once the pass is large enough
+    assert _threads._auto_threads(T=100, B=8, D=256, H=64, K=256) is None
 
 
 def test_overlapping_passes_from_threads_leave_blas_restored():
