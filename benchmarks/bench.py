@@ -293,6 +293,7 @@ def machine_info():
         "scipy": __import__("scipy").__version__,
         "torch": None if torch is None else torch.__version__,
         "rnn_ext": getattr(rnn_ext, "__version__", "?"),
+        "rnn_ext_path": os.path.dirname(rnn_ext.__file__),
         "kernel_blas": roofline.blas_description(),
         "env": {k: os.environ[k] for k in os.environ if "BLAS" in k or k.startswith("OMP_")},
     }
@@ -360,8 +361,11 @@ def markdown(path):
             f"**{n} thread(s)**: sgemm {roof['gflops']:.1f} GFLOP/s (start {roof['start']['median']:.1f}, "
             f"end {roof['end']['median']:.1f}). Median ms per call.\n"
         )
-        print("| T | B | D=K | H | op | rnn_ext ms | numpy ms | torch ms | GFLOP/s | vs numpy | vs torch | roofline |")
-        print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| T | B | D=K | H | op | rnn_ext ms | numpy ms | torch ms | GFLOP/s "
+            "| vs numpy | vs torch | roofline | load |"
+        )
+        print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in rows:
             if str(row["threads"]) != str(n):
                 continue
@@ -371,7 +375,9 @@ def markdown(path):
                 f"| {row['T']} | {row['B']} | {row['D']} | {row['H']} | {row['op']} | "
                 f"{fmt_ms(row['rnn_ext_s'])} | {fmt_ms(row['numpy_s'])} | {fmt_ms(row['torch_s'])} | "
                 f"{'-' if gf is None else format(gf, '.1f')} | {fmt_x(row['vs_numpy'])} | "
-                f"{fmt_x(row['vs_torch'])} | {'-' if roof_frac is None else format(100 * roof_frac, '.0f') + '%'} |"
+                f"{fmt_x(row['vs_torch'])} | "
+                f"{'-' if roof_frac is None else format(100 * roof_frac, '.0f') + '%'} | "
+                f"{row['load']:.1f} |"
             )
         print()
     print("\n".join(target_lines(rows)))
