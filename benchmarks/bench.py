@@ -37,10 +37,10 @@ try:
 except ImportError:  # run from a source tree that was built in place
     sys.path.insert(0, os.path.dirname(HERE))
     import rnn_ext
-from rnn_ext import _threads
-
 import hoisted_numpy
 import roofline
+
+from rnn_ext import _threads
 
 try:
     import torch

@@ -97,15 +97,13 @@ def child(impl, T, B, D, H, K):
         model_call = model.loss_and_grad
         call = lambda: model_call(x, y)  # noqa: E731
     elif impl == "numpy":
-        from threadpoolctl import threadpool_limits
-
         import hoisted_numpy
+        from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
         call = lambda: hoisted_numpy.loss_and_grad(params, x, y)  # noqa: E731
     else:
         import torch
-
         from torch_peer import TorchPeer
 
         torch.set_num_threads(1)
@@ -131,9 +129,10 @@ def child(impl, T, B, D, H, K):
     import tracemalloc
 
     tracemalloc.start()
-    result = call()
+    result = call()  # kept alive while the peak is read, as above
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
+    del result
     print(json.dumps({"impl": impl, "peak_bytes": peak * 1024, "traced_bytes": traced_peak, "method": "hwm"}))
 
 
@@ -228,9 +227,12 @@ def main(argv=None):
         if "torch" in res and "rnn_ext" in res:
             row["rnn_ext_over_torch"] = res["rnn_ext"]["peak_bytes"] / max(res["torch"]["peak_bytes"], 1)
         rows.append(row)
-        traced = lambda name: (  # noqa: E731
-            f"{res[name]['traced_bytes'] / MiB:.2f}" if name in res and res[name]["traced_bytes"] is not None else "-"
-        )
+
+        def traced(name, res=res):
+            if name in res and res[name]["traced_bytes"] is not None:
+                return f"{res[name]['traced_bytes'] / MiB:.2f}"
+            return "-"
+
         ratio = row.get("rnn_ext_over_torch")
         print(
             f"{case[0]:>4} {case[1]:>3} {case[2]:>4} {case[3]:>5} {row['floor_bytes'] / MiB:>9.2f} "
