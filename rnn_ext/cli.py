@@ -29,24 +29,23 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see '{self.prog} --help')")
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+def _int_at_least(low, expected, must):
+    """An argparse type: an int >= low; `expected` and `must` word its errors."""
+
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be {must}, got {s}")
+        return v
+
+    return parse
 
 
-def _nonnegative_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
+_positive_int = _int_at_least(1, "a positive integer", "a positive integer")
+_nonnegative_int = _int_at_least(0, "an integer >= 0", ">= 0")
 
 
 def _real(s):
