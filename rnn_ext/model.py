@@ -219,12 +219,11 @@ class RNN:
                            K=self.output_size, dtype=self.dtype,
                            batch_first=self.batch_first, ignore_index=ignore_index)
 
-    def _UT(self, batch: Batch) -> np.ndarray | None:
-        # Gathering ids from U.T's rows beats strided column reads once the
-        # rows outnumber the columns to transpose.
-        if batch.xi is not None and batch.T * batch.B >= self.input_size:
-            return np.ascontiguousarray(self._U.T)
-        return None
+    def _via_UT(self, batch: Batch) -> bool:
+        # Gathering ids from U.T's rows (and scatter-adding dU into dU.T's)
+        # beats strided column access once the rows outnumber the columns
+        # to transpose.
+        return batch.xi is not None and batch.T * batch.B >= self.input_size
 
     def _WT(self, batch: Batch) -> np.ndarray | None:
         # For B > 1 the recurrence reads W.T's rows (see rnn_forward); one
@@ -276,15 +275,24 @@ class RNN:
             ``.h`` (T, B, H), ``.probs`` (T, B, K), ``.h_last`` (B, H).
         """
         batch = self._batch(x, None, h0, lengths)
-        hs = self._hidden_buffer(batch)
-        Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
-        with self._threads(batch):
-            _kernels.run_pass(hs, Z, batch.xf, batch.xi, None, None, self._U, self._UT(batch),
-                              self._W, self._WT(batch), self._b, self._V, self._c, batch.lengths,
-                              self.nonlinearity == "relu", 0, 1.0, _FORWARD,
-                              None, None, None, None, None, None, None, None, None)
+        _, hs, Z = self._pass(_FORWARD, batch, {})
         return ForwardResult(self._sequence(hs[1:], batch), self._sequence(Z, batch),
                              self._h_last(hs, batch))
+
+    def _pass(self, what: int, batch: Batch, g: dict[str, Any], ignore_index: int = -100,
+              scale: float = 1.0) -> tuple[float, np.ndarray, np.ndarray]:
+        """One kernel pass: (summed loss, hs, Z), the gradients written into g's arrays."""
+        hs = self._hidden_buffer(batch)
+        Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
+        UT = np.ascontiguousarray(self._U.T) if self._via_UT(batch) else None
+        with self._threads(batch):
+            total = _kernels.run_pass(
+                hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, self._U, UT,
+                self._W, self._WT(batch), self._b, self._V, self._c, batch.lengths,
+                self.nonlinearity == "relu", ignore_index, scale, what, g.get("V"),
+                g.get("c"), g.get("delta"), g.get("U"), g.get("UT"), g.get("W"), g.get("b"),
+                g.get("h0"), g.get("x"))
+        return total, hs, Z
 
     def _run(self, what: int, x: Any, y: Any, h0: Any, lengths: Any, reduction: str,
              ignore_index: int):
@@ -295,8 +303,6 @@ class RNN:
         batch = self._batch(x, y, h0, lengths, ignore_index)
         T, B, D, H, K = batch.T, batch.B, self.input_size, self.hidden_size, self.output_size
         dt = self.dtype
-        hs = self._hidden_buffer(batch)
-        Z = np.empty((T * B, K), dtype=dt)
         mean = reduction == "mean"
         scale = 1.0 / batch.count if mean and batch.count else (0.0 if mean else 1.0)
         g: dict[str, Any] = {}
@@ -306,18 +312,12 @@ class RNN:
         if what == _FULL:
             g["delta"] = np.empty((T, B, H), dtype=dt)
             g["U"] = np.empty((H, D), dtype=dt)
-            g["UT"] = np.empty((D, H), dtype=dt) if batch.xi is not None and T * B >= D else None
+            g["UT"] = np.empty((D, H), dtype=dt) if self._via_UT(batch) else None
             g["W"] = np.empty((H, H), dtype=dt)
             g["b"] = np.empty(H, dtype=dt) if self.bias else None
             g["h0"] = np.empty((B, H), dtype=dt)
             g["x"] = np.empty((T * B, D), dtype=dt) if batch.xf is not None else None
-        with self._threads(batch):
-            total = _kernels.run_pass(
-                hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, self._U, self._UT(batch),
-                self._W, self._WT(batch), self._b, self._V, self._c, batch.lengths,
-                self.nonlinearity == "relu", ignore_index, scale, what, g.get("V"),
-                g.get("c"), g.get("delta"), g.get("U"), g.get("UT"), g.get("W"), g.get("b"),
-                g.get("h0"), g.get("x"))
+        total, hs, _ = self._pass(what, batch, g, ignore_index, scale)
         loss = total * scale if mean else total
         return float(loss), batch, hs, g
 
