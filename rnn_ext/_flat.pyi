@@ -1,0 +1,29 @@
+# Type stub of the compiled optimizer and clipping loops, src/_flat.pyx.  Keep
+# in step with it: .ci/tests.sh runs `python -m mypy.stubtest rnn_ext._flat`.
+#
+# Every array is 1-D, C-contiguous, float32 or float64 (one dtype per call);
+# rnn_ext/optim.py and rnn_ext/clip.py make them so.
+import numpy as np
+import numpy.typing as npt
+
+_F = npt.NDArray[np.floating]
+
+SIMD_CLONES: bool
+
+def first_nonfinite(a: _F) -> int: ...
+def sumsq(a: _F) -> float: ...
+def scale(g: _F, s: float) -> None: ...
+def clip_value(g: _F, v: float) -> None: ...
+def sgd_step(p: _F, g: _F, buf: _F, lr: float, momentum: float, step: int) -> None: ...
+def adagrad_step(p: _F, g: _F, sums: _F, lr: float, eps: float, step: int) -> None: ...
+def adam_step(
+    p: _F,
+    g: _F,
+    m: _F,
+    v: _F,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+) -> None: ...

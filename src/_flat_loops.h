@@ -1,0 +1,128 @@
+/* The loops of src/_flat.pyx, written once for one floating type.
+ *
+ * Included twice by _flat.h (no include guard, on purpose), with
+ *     real        float or double
+ *     INT         an integer type as wide as real: int32_t or int64_t
+ *     SQRT        sqrtf or sqrt
+ *     FLAT(name)  the function's name with the type's suffix
+ *
+ * Every array is (n,), contiguous; p the parameters, g the gradient, the rest
+ * optimizer slots.  Each loop reads every array once, in order, and writes p
+ * and its slots in place; g is never written.  The callers (src/_flat.pyx)
+ * form the scalars as PyTorch forms them and round them to `real`.
+ */
+
+/* Index of the first NaN or +-inf in x[0..n), or -1.
+ * x - x is 0 for a finite x and NaN otherwise.  Per block, an OR of the
+ * comparisons (in an integer as wide as `real`, so the loop vectorises) says
+ * whether the block needs an element-by-element look. */
+RNN_EXT_FLAT_CLONES
+static ptrdiff_t FLAT(first_nonfinite)(const real *x, ptrdiff_t n) {
+    for (ptrdiff_t lo = 0; lo < n; lo += 1024) {
+        const ptrdiff_t hi = lo + 1024 < n ? lo + 1024 : n;
+        INT bad = 0;
+        for (ptrdiff_t i = lo; i < hi; i++) bad |= x[i] - x[i] != 0;
+        if (bad)
+            for (ptrdiff_t i = lo; i < hi; i++)
+                if (x[i] - x[i] != 0) return i;
+    }
+    return -1;
+}
+
+/* sum(x * x) in double: eight partial sums taken in turn, then added. */
+RNN_EXT_FLAT_CLONES
+static double FLAT(sumsq)(const real *x, ptrdiff_t n) {
+    double acc[8] = {0};
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            const double xj = x[i + j];
+            acc[j] += xj * xj;
+        }
+    for (; i < n; i++) {
+        const double xi = x[i];
+        acc[0] += xi * xi;
+    }
+    double total = 0;
+    for (int j = 0; j < 8; j++) total += acc[j];
+    return total;
+}
+
+/* x *= s */
+RNN_EXT_FLAT_CLONES
+static void FLAT(scale)(real *x, ptrdiff_t n, real s) {
+    for (ptrdiff_t i = 0; i < n; i++) x[i] = x[i] * s;
+}
+
+/* x := min(max(x, -v), v); a NaN compares false both times and stays. */
+RNN_EXT_FLAT_CLONES
+static void FLAT(clip_value)(real *x, ptrdiff_t n, real v) {
+    const real lo = -v;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        real xi = x[i];
+        xi = xi < lo ? lo : xi;
+        xi = xi > v ? v : xi;
+        x[i] = xi;
+    }
+}
+
+/* SGD.  mode 0 (momentum 0):  p += nlr * g
+ *       mode 1 (first step):  buf := g;                 p += nlr * buf
+ *       mode 2:               buf := buf * mom + g;     p += nlr * buf */
+RNN_EXT_FLAT_CLONES
+static void FLAT(sgd)(real *p, const real *g, real *buf, ptrdiff_t n, real nlr, real mom,
+                      int mode) {
+    if (mode == 0) {
+        for (ptrdiff_t i = 0; i < n; i++) p[i] = p[i] + nlr * g[i];
+    } else if (mode == 1) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const real b = g[i];
+            buf[i] = b;
+            p[i] = p[i] + nlr * b;
+        }
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const real b = buf[i] * mom + g[i];
+            buf[i] = b;
+            p[i] = p[i] + nlr * b;
+        }
+    }
+}
+
+/* Adagrad:  s := s + g * g;  p := p + (nclr * g) / (sqrt(s) + e) */
+RNN_EXT_FLAT_CLONES
+static void FLAT(adagrad)(real *p, const real *g, real *s, ptrdiff_t n, real nclr, real e) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const real gi = g[i];
+        const real si = s[i] + gi * gi;
+        s[i] = si;
+        p[i] = p[i] + (nclr * gi) / (SQRT(si) + e);
+    }
+}
+
+/* Adam:  m := lerp(m, g, w)   (m + w (g - m) when small, else g - (g - m) one_w)
+ *        v := v * b2 + (c2 * g) * g
+ *        p := p + (nss * m) / (sqrt(v) / bc2 + e) */
+RNN_EXT_FLAT_CLONES
+static void FLAT(adam)(real *p, const real *g, real *m, real *v, ptrdiff_t n, real w,
+                       real one_w, int small, real b2, real c2, real nss, real bc2, real e) {
+    if (small) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const real gi = g[i];
+            const real mi = m[i] + w * (gi - m[i]);
+            const real vi = v[i] * b2 + (c2 * gi) * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] + (nss * mi) / (SQRT(vi) / bc2 + e);
+        }
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const real gi = g[i];
+            const real mi = gi - (gi - m[i]) * one_w;
+            const real vi = v[i] * b2 + (c2 * gi) * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] + (nss * mi) / (SQRT(vi) / bc2 + e);
+        }
+    }
+}
