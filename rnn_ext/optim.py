@@ -86,8 +86,14 @@ def _as_grad(name: str, g: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.n
     if g.dtype != dtype:
         if g.dtype.kind != "f":
             raise TypeError(f"gradient {name!r} has dtype {g.dtype}, expected {dtype}")
-        g = g.astype(dtype)
+        g = _cast(g, dtype)
     return np.ascontiguousarray(g).reshape(-1)
+
+
+def _cast(g: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    # a value too large for dtype becomes inf, which the finiteness check reports
+    with np.errstate(over="ignore"):
+        return g.astype(dtype)
 
 
 # -- hyperparameters ----------------------------------------------------------
@@ -383,7 +389,7 @@ class Optimizer:
             if gflat.dtype != dtype:
                 if gflat.dtype.kind != "f":
                     raise TypeError(f"gradient .flat has dtype {gflat.dtype}, expected {dtype}")
-                gflat = gflat.astype(dtype)
+                gflat = _cast(gflat, dtype)
             elif not gflat.flags.c_contiguous:
                 gflat = np.ascontiguousarray(gflat)
             s = steps[0] if steps else 0

@@ -138,3 +138,109 @@ def test_bad_containers(fn):
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         fn({"U": ro}, 1.0)
+
+
+# -- gradient objects with .flat, and lists of them ------------------------------
+
+
+class FlatGrads:
+    """A gradient object: one flat buffer and named views into it."""
+
+    def __init__(self, shapes, dtype=np.float64, scale=1.0, seed=0):
+        sizes = [int(np.prod(s)) for s in shapes.values()]
+        rng = np.random.default_rng(seed)
+        self.flat = (scale * rng.standard_normal(sum(sizes))).astype(dtype)
+        self.params, at = {}, 0
+        for (name, shape), n in zip(shapes.items(), sizes):
+            self.params[name] = self.flat[at:at + n].reshape(shape)
+            at += n
+
+
+LAYER = {"U_l0": (4, 3), "W_l0": (4, 4), "b_l0": (4,)}
+HEAD = {"V": (2, 4), "c": (2,)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_value_flat_in_place(dtype):
+    g = FlatGrads(LAYER, dtype, scale=3.0)
+    g.flat[7] = np.nan
+    buf = g.flat
+    expect = np.clip(g.flat, -dtype(2.5), dtype(2.5))
+    clip_grad_value(g, 2.5)
+    assert g.flat is buf and g.flat.dtype == dtype
+    np.testing.assert_array_equal(g.flat, expect)  # NaN stays NaN
+    assert np.abs(g.params["W_l0"]).max() <= 2.5  # the named views see it
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_norm_over_a_list_matches_torch(dtype, max_norm):
+    torch = pytest.importorskip("torch")
+    gs = [FlatGrads(LAYER, dtype, 2.0, seed=1), FlatGrads(HEAD, dtype, 2.0, seed=2)]
+    ts = []
+    for g in gs:
+        for v in g.params.values():
+            t = torch.nn.Parameter(torch.zeros(v.shape, dtype=getattr(torch, np.dtype(dtype).name)))
+            t.grad = torch.from_numpy(v.copy())
+            ts.append(t)
+    t_total = float(torch.nn.utils.clip_grad_norm_(ts, max_norm))
+    total = clip_grad_norm(gs, max_norm)
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    assert total == pytest.approx(t_total, rel=rtol)
+    got = [v for g in gs for v in g.params.values()]
+    for t, v in zip(ts, got):
+        assert v.dtype == dtype
+        np.testing.assert_allclose(v, t.grad.numpy(), rtol=rtol, atol=0)
+
+
+def test_clip_norm_flat_equals_named():
+    a, b = FlatGrads(LAYER, seed=3), FlatGrads(LAYER, seed=3)
+    named = dict(b.params)
+    assert clip_grad_norm(a, 0.1) == pytest.approx(clip_grad_norm(named, 0.1), rel=1e-15)
+    np.testing.assert_allclose(a.flat, b.flat, rtol=1e-15)
+
+
+def test_clip_norm_total_is_summed_in_float64():
+    # float32 gradients whose squares a float32 sum would drop: 1 and 4096 * (2^-13)^2
+    g = FlatGrads({"b": (4097,)}, np.float32)
+    g.flat[...] = 2.0**-13
+    g.flat[0] = 1.0
+    assert clip_grad_norm(g, 10.0) == pytest.approx(np.sqrt(1.0 + 4096 * 2.0**-26), rel=1e-15)
+
+
+def test_list_mixing_flat_objects_and_dicts():
+    flat = FlatGrads(HEAD, scale=5.0, seed=4)
+    d = grads(scale=5.0, seed=5)
+    expect_flat = np.clip(flat.flat, -1, 1)
+    expect_d = {k: np.clip(v, -1, 1) for k, v in d.items()}
+    clip_grad_value([flat, d], 1.0)
+    np.testing.assert_array_equal(flat.flat, expect_flat)
+    for k in d:
+        np.testing.assert_array_equal(d[k], expect_d[k])
+
+
+def test_non_contiguous_and_other_dtypes_use_numpy():
+    base = grads(scale=4.0)
+    g = {"W": base["W"].T, "c": base["c"].astype(np.float16)}  # a transposed view; float16
+    expect = {k: np.clip(v, -1, 1) for k, v in g.items()}
+    clip_grad_value(g, 1.0)
+    for k in g:
+        np.testing.assert_array_equal(g[k], expect[k])
+    np.testing.assert_array_equal(base["W"], expect["W"].T)  # clipped through the view
+    g = {"W": base["W"].T * 10}
+    total = clip_grad_norm(g, 1.0)
+    assert total == pytest.approx(np.linalg.norm(base["W"] * 10), rel=1e-14)
+    assert np.linalg.norm(g["W"]) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_read_only_flat_is_rejected():
+    g = FlatGrads(HEAD)
+    g.flat.flags.writeable = False
+    for fn in (clip_grad_value, clip_grad_norm):
+        with pytest.raises(ValueError, match=r"\.flat is read-only"):
+            fn(g, 1.0)
+        first = FlatGrads(HEAD, scale=10.0)
+        before = first.flat.copy()
+        with pytest.raises(ValueError, match="read-only"):
+            fn([first, g], 1.0)
+        np.testing.assert_array_equal(first.flat, before)  # checked before anything is clipped
