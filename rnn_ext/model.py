@@ -357,10 +357,8 @@ class RNN:
         result always comes from one coherent set of parameters.
         """
         s = self.layer._stack
-        n_layer = self.layer._layout.size
-        flat = self._flat[:n_layer]
-        hv = self._layout.views(self._flat)
-        V, c = hv["V"], hv.get("c")
+        flat = self.layer._flat
+        V, c = self.head._params["V"], self.head._params.get("c")
         WT, UT = scratch(s, batch)
         g = g or {}
         dV, dc = g.get("V"), g.get("c")
