@@ -284,6 +284,14 @@ class Optimizer:
         if not objs:
             raise ValueError("expected at least one piece to optimize, got an empty list")
         pieces = [_Piece(obj, self._slots) for obj in objs]
+        for i, a in enumerate(pieces):
+            for j in range(i + 1, len(pieces)):
+                b = pieces[j]
+                if a.flat is not None and b.flat is not None and np.shares_memory(a.flat, b.flat):
+                    raise ValueError(
+                        f"pieces {i} and {j} share parameter memory (a model and its own layer "
+                        "or head?); each parameter must be updated once"
+                    )
         owner: dict[str, int] = {}
         for i, piece in enumerate(pieces):
             for name in piece.names:

@@ -244,3 +244,18 @@ def test_read_only_flat_is_rejected():
         with pytest.raises(ValueError, match="read-only"):
             fn([first, g], 1.0)
         np.testing.assert_array_equal(first.flat, before)  # checked before anything is clipped
+
+
+def test_clip_norm_of_a_layer_and_a_head_together():
+    import rnn_ext
+    layer = rnn_ext.Recurrent(3, 4, num_layers=2, dtype=np.float64, seed=0)
+    head = rnn_ext.heads.Linear(4, 2, dtype=np.float64, seed=1)
+    rng = np.random.default_rng(2)
+    fwd = layer.forward(rng.standard_normal((5, 2, 3)))
+    _, d_out, g_head = head.loss_and_grad(fwd.output, rng.standard_normal((5, 2, 2)))
+    g_layer = layer.backward(fwd, d_out)
+    both = np.concatenate([g_layer.flat, g_head.flat])
+    total = clip_grad_norm([g_layer, g_head], 1e-3)
+    assert total == pytest.approx(np.linalg.norm(both), rel=1e-14)
+    np.testing.assert_allclose(np.concatenate([g_layer.flat, g_head.flat]),
+                               both * (1e-3 / (total + 1e-6)), rtol=1e-15)

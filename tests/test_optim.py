@@ -721,3 +721,100 @@ def test_bad_gradients_for_pieces():
     opt.step({"U": np.ones((4, 3)), "c": np.ones(2)})
     opt.step([None, gb])
     assert {k: s["step"] for k, s in opt.state.items()} == {"U": 1, "V": 1, "c": 2}
+
+
+# -- the package's pieces: RNN, Recurrent, heads -----------------------------------
+
+
+def torch_copies(torch, named):
+    return {k: torch.nn.Parameter(torch.from_numpy(p.copy())) for k, p in named.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, True)])
+def test_rnn_model_steps_its_flat_buffer_like_torch(layers, bidirectional, dtype, monkeypatch):
+    torch = pytest.importorskip("torch")
+    m = RNN(5, 6, 5, num_layers=layers, bidirectional=bidirectional, dtype=dtype, seed=0)
+    tp = torch_copies(torch, m.params)
+    opt, topt = Adam(m, lr=1e-2), torch.optim.Adam(list(tp.values()), lr=1e-2)
+    sizes = []
+    kernel = optim_module._flat.adam_step
+    monkeypatch.setattr(optim_module._flat, "adam_step",
+                        lambda p, *rest: (sizes.append(p.size), kernel(p, *rest))[1])
+    x = np.random.default_rng(1).integers(0, 5, (7, 3))
+    for _ in range(5):
+        _, g = m.loss_and_grad(x, np.roll(x, 1, axis=0))
+        opt.step(g)
+        for k, t in tp.items():
+            t.grad = torch.from_numpy(g.params[k].copy())
+        topt.step()
+    assert sizes == [m.flat.size] * 5  # one compiled loop over the whole model per step
+    for k, p in m.params.items():
+        np.testing.assert_allclose(p, tp[k].detach().numpy(), **TOL[dtype], err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recurrent_and_head_in_one_optimizer_like_torch(dtype):
+    import rnn_ext
+    torch = pytest.importorskip("torch")
+    layer = rnn_ext.Recurrent(4, 5, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
+    head = rnn_ext.heads.Softmax(10, 3, dtype=dtype, seed=1)
+    tp = torch_copies(torch, {**layer.params, **head.params})
+    opt = SGD([layer, head], lr=0.05, momentum=0.9)
+    topt = torch.optim.SGD(list(tp.values()), lr=0.05, momentum=0.9)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 2, 4)).astype(dtype)
+    y = rng.integers(0, 3, (6, 2))
+    for _ in range(4):
+        fwd = layer.forward(x)
+        _, d_out, g_head = head.loss_and_grad(fwd.output, y)
+        g_layer = layer.backward(fwd, d_out)
+        opt.step([g_layer, g_head])
+        for g in (g_layer, g_head):
+            for k, v in g.params.items():
+                tp[k].grad = torch.from_numpy(v.copy())
+        topt.step()
+    for piece in (layer, head):
+        for k, p in piece.params.items():
+            np.testing.assert_allclose(p, tp[k].detach().numpy(), **TOL[dtype], err_msg=k)
+    assert set(opt.state) == set(layer.params) | {"V", "c"}
+
+
+def test_model_and_its_own_layer_cannot_share_an_optimizer():
+    for layers in (1, 2):  # names U, W, b and U_l0, ...; U_l0, ... in both
+        m = RNN(3, 4, 3, num_layers=layers)
+        with pytest.raises(ValueError, match="pieces 0 and 1 share parameter memory"):
+            Adam([m, m.layer])
+    Adam([m.layer, m.head])  # its two pieces are fine
+
+
+def test_nonfinite_in_a_models_flat_gradient_names_the_parameter():
+    m = RNN(3, 4, 3, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    opt = Adam(m)
+    x = np.array([[0, 1], [2, 0]])
+    _, g = m.loss_and_grad(x, x)
+    before = m.flat.copy()
+    g.params["W_l1_reverse"][3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"'W_l1_reverse' holds inf at index \(3, 0\)"):
+        opt.step(g)
+    np.testing.assert_array_equal(m.flat, before)
+    assert opt.state == {}
+
+
+def test_multilayer_state_dict_round_trip(tmp_path):
+    m = RNN(3, 4, 3, num_layers=2, dtype=np.float64, seed=0)
+    opt = Adagrad(m, lr=0.3)
+    x = np.array([[0, 1], [2, 0], [1, 1]])
+    _, g = m.loss_and_grad(x, x)
+    opt.step(g)
+    np.savez(tmp_path / "opt.npz", **opt.state_dict())
+    with np.load(tmp_path / "opt.npz", allow_pickle=False) as f:
+        loaded = {k: f[k] for k in f.files}
+    copy = RNN(3, 4, 3, num_layers=2, dtype=np.float64)
+    copy.flat[...] = m.flat
+    opt2 = from_state_dict(copy, loaded)
+    assert set(opt2.state) == set(m.params) == {"U_l0", "W_l0", "b_l0", "U_l1", "W_l1", "b_l1", "V", "c"}
+    _, g2 = m.loss_and_grad(x, x)
+    opt.step(g2)
+    opt2.step(g2)
+    np.testing.assert_array_equal(copy.flat, m.flat)
