@@ -203,8 +203,10 @@ def _check_dtype(what: str, dtype: np.dtype) -> None:
 def _flat_layout(obj: Any, flat: np.ndarray) -> tuple:
     """(names, spans, shapes, dtype, size, tiled) of a piece's named views into ``flat``."""
     kind = type(obj).__name__
-    if flat.ndim != 1 or not flat.flags.c_contiguous or not flat.flags.writeable:
-        raise ValueError(f"{kind}.flat must be a writeable 1-D contiguous array, got shape {flat.shape}")
+    if flat.ndim != 1 or not flat.flags.c_contiguous:
+        raise ValueError(f"{kind}.flat must be a 1-D contiguous array, got shape {flat.shape}")
+    if not flat.flags.writeable:
+        raise ValueError(f"{kind}.flat is read-only; the optimizer updates it in place")
     _check_dtype(f"{kind}.flat", flat.dtype)
     params = obj.params
     if not isinstance(params, Mapping):
@@ -217,7 +219,7 @@ def _flat_layout(obj: Any, flat: np.ndarray) -> tuple:
         if not (isinstance(p, np.ndarray) and p.dtype == flat.dtype and p.flags.c_contiguous):
             raise ValueError(f"{kind}.params[{name!r}] is not a contiguous {flat.dtype} view into .flat")
         lo, rem = divmod(_address(p) - base, item)
-        if rem or lo < 0 or lo + p.size > flat.size or not np.shares_memory(p, flat):
+        if rem or lo < 0 or lo + p.size > flat.size:
             raise ValueError(f"{kind}.params[{name!r}] is not a view into {kind}.flat")
         found.append((lo, lo + p.size, name, p.shape))
     found.sort()
@@ -227,9 +229,13 @@ def _flat_layout(obj: Any, flat: np.ndarray) -> tuple:
     names = tuple(name for _, _, name, _ in found)
     spans = {name: (lo, hi) for lo, hi, name, _ in found}
     shapes = {name: shape for _, _, name, shape in found}
-    tiled = [(lo, hi) for lo, hi, _, _ in found] == list(
-        zip([0] + [hi for _, hi, _, _ in found[:-1]], [hi for _, hi, _, _ in found])
-    ) and (not found or found[-1][1] == flat.size)
+    # tiled: the parameters cover the buffer end to end, with no gap
+    at = 0
+    tiled = True
+    for lo, hi, _, _ in found:
+        tiled = tiled and lo == at
+        at = hi
+    tiled = tiled and at == flat.size
     return names, spans, shapes, flat.dtype, flat.size, tiled
 
 
@@ -415,7 +421,7 @@ class Optimizer:
                     hi = spans[names[j]][1]
                     j += 1
                 updates.append((piece, flat[lo:hi], gflat[lo:hi],
-                                tuple(s[lo:hi] for s in piece.slots), steps[i] + 1, range(i, j)))
+                                tuple(b[lo:hi] for b in piece.slots), steps[i] + 1, range(i, j)))
                 i = j
             return
         named = _grad_arrays(grads)
@@ -436,7 +442,7 @@ class Optimizer:
                 p = dest[lo:hi]
             else:
                 p = _writable_param(name, params.get(name), shape, dtype)
-            updates.append((piece, p, g, tuple(s[lo:hi] for s in piece.slots), steps[i] + 1, (i,)))
+            updates.append((piece, p, g, tuple(b[lo:hi] for b in piece.slots), steps[i] + 1, (i,)))
 
     def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int) -> None:
         raise NotImplementedError

@@ -696,6 +696,10 @@ def test_bad_pieces():
         Adam(half)
     with pytest.raises(TypeError, match=".flat and .params"):
         Adam([a, "head"])
+    frozen = Piece(SHAPES_A)
+    frozen.flat.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        Adam(frozen)
 
 
 def test_bad_gradients_for_pieces():
