@@ -18,6 +18,7 @@ and exits 130 or 143; signals during the save act once the file is complete.
 """
 
 import argparse
+import contextlib
 import math
 import signal
 import sys
@@ -26,6 +27,7 @@ import time
 
 from ._memory import check_fits
 from ._signals import SIGNALS
+from ._threads import threads
 
 __all__ = ["main", "build_parser"]
 
@@ -309,18 +311,15 @@ def _cmd_train(args, stop):
             _check_output(plot, "--plot")
 
     text = _read_text(args.textfile) if args.textfile else _default_text()
-    if args.threads is not None:
-        from . import set_num_threads
-
-        set_num_threads(args.threads)
     source = args.textfile or "pydoc_data.topics"
     t_start = time.perf_counter()
-    trainer = make_trainer(args, text)
-    try:
-        return _run_trainer(trainer, args, source, len(text), plot, t_start, stop)
-    finally:
-        if hasattr(trainer, "close"):  # a distributed trainer: its cluster
-            trainer.close()
+    with contextlib.nullcontext() if args.threads is None else threads(args.threads):
+        trainer = make_trainer(args, text)
+        try:
+            return _run_trainer(trainer, args, source, len(text), plot, t_start, stop)
+        finally:
+            if hasattr(trainer, "close"):  # a distributed trainer: its cluster
+                trainer.close()
 
 
 def _run_trainer(trainer, args, source, n_chars, plot, t_start, stop):

@@ -16,14 +16,18 @@ Nothing here draws random numbers except the model's initialization (from
 ``seed``), so the same arguments give bit-identical results on the same
 machine and thread count.
 
-A step changes the trainer's state all at once or not at all.  The gradient
-pass changes nothing; then the clipping, the optimizer update, the step
-counter, the carried hidden state and the history are changed together with
-SIGINT and SIGTERM held back (:mod:`rnn_ext._signals`), so a Ctrl-C lands
-before or after a step, never inside one, and a checkpoint saved after it is
-one consistent state.  A step whose loss or gradients are not finite raises
+A step changes the trainer's state all at once or not at all: the gradient
+pass, the clipping, the optimizer update, the step counter, the carried
+hidden state and the history run with SIGINT and SIGTERM held back
+(:mod:`rnn_ext._signals`), so a Ctrl-C lands before or after a step, never
+inside one, and a checkpoint saved after it is one consistent state.  (The
+gradient pass is held back too: a signal landing in the thread control
+around a kernel call could leave that process state half-switched.)  A step whose loss or gradients are not finite raises
 FloatingPointError before anything changes: the model keeps its last finite
-parameters, so the last good checkpoint can still be saved and resumed.
+parameters, so the last good checkpoint can still be saved and resumed.  An
+update that overflows the parameters from finite gradients (an absurd
+learning rate) raises FloatingPointError at once; ``save`` then refuses the
+model, so no checkpoint on disk is replaced by it.
 
 Examples
 --------
@@ -370,15 +374,15 @@ class Trainer:
         Raises FloatingPointError, changing nothing, when the loss or a
         gradient is NaN or infinite.
         """
-        prepared = self._prepare_step()
         with deferred():
-            return self._commit_step(prepared)
+            return self._commit_step(self._prepare_step())
 
     def _prepare_step(self):
         """The gradient pass of the next step: (loss, gradients, final state, characters).
 
         Changes no state that a checkpoint holds (a new pass over the text
-        drops the carried state, which the step would drop anyway).
+        drops the carried state, which the step would drop anyway), so a
+        step that diverges leaves the trainer as it was.
         """
         index = self.step % self.chunks_per_pass
         if index == 0:
@@ -401,6 +405,12 @@ class Trainer:
         if self.clip_norm is not None:
             clip_grad_norm(g, self.clip_norm)
         self.optimizer.step(g)
+        bad = _nonfinite(self.model.parameters())
+        if bad is not None:  # finite gradients, but the update overflowed
+            raise FloatingPointError(
+                f"training diverged at step {self.step + 1}: the update made {bad} overflow to infinity; "
+                "try a lower learning rate or clipping (the model now holds non-finite values, "
+                "which save refuses)")
         self.h = h_last
         self.step += 1
         self.last_chars = chars
@@ -451,10 +461,9 @@ class Trainer:
         hist = self.history
         decay = 0.98
         for _ in range(steps):
-            t0 = time.perf_counter()
-            prepared = self._prepare_step()
             with deferred():  # the step and its record in the history, together
-                loss = self._commit_step(prepared)
+                t0 = time.perf_counter()
+                loss = self._commit_step(self._prepare_step())
                 hist.seconds += time.perf_counter() - t0
                 hist.chars += self.last_chars
                 hist.step = self.step
