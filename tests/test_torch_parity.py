@@ -21,8 +21,11 @@ import rnn_ext  # noqa: E402
 from rnn_ext import oracle  # noqa: E402
 from rnn_ext.torch_interop import from_torch, to_torch  # noqa: E402
 
-# max |got - want| / max |want|
-TOL = {np.float32: 1e-4, np.float64: 1e-10}
+# max |got - want| / max |want|, about 10x the worst seen over this module
+# (x86-64, scipy's OpenBLAS, torch 2.13 CPU).  Worst seen in float32 (PyTorch
+# itself in float32): 3.6e-7, on dW of the 32-case grid; in float64: 1.34e-15
+# (db), 1.04e-15 for the oracle and 1.07e-15 at the report size.
+TOL = {np.float32: 4e-6, np.float64: 1.5e-14}
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 GRADS = ("U", "W", "V", "b", "c", "h0", "x")
 
