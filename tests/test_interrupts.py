@@ -96,16 +96,31 @@ class LineSignal:
         return self
 
     def run(self, fn):
-        """fn() traced; True if a KeyboardInterrupt came out of it (by the end of this call)."""
+        """fn() traced; True if a KeyboardInterrupt came out of it (by the end of this call).
+
+        A watchdog (SIGALRM, where there is one) turns a hang into a failure: an
+        interrupt that leaves a lock held deadlocks the next call."""
+        def hung(signum, frame):
+            raise AssertionError(f"a SIGINT at line event {self.at} left the process hung")
+
+        watchdog = hasattr(signal, "setitimer")
+        if watchdog:
+            old = signal.signal(signal.SIGALRM, hung)
+            signal.setitimer(signal.ITIMER_REAL, 20.0)
         try:
-            sys.settrace(self)
             try:
-                fn()
-            finally:
-                sys.settrace(None)
-        except KeyboardInterrupt:
-            return True
-        return False
+                sys.settrace(self)
+                try:
+                    fn()
+                finally:
+                    sys.settrace(None)
+            except KeyboardInterrupt:
+                return True
+            return False
+        finally:
+            if watchdog:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
 
 
 def points(n, stride):
