@@ -382,7 +382,7 @@ def _run_trainer(trainer, args, source, n_chars, plot, t_start, stop):
           f"{time.perf_counter() - t_start:.1f} s in all")
     trainer.save(args.out)
     print(f"saved {args.out}", flush=True)
-    if plot is not None and hist.loss and stop.signum is None:
+    if plot is not None and hist.loss and stop.signum != signal.SIGTERM:  # SIGTERM: leave now
         _plot(hist, plot)
         print(f"saved {plot}")
     return 0 if stop.signum is None else stop.status
