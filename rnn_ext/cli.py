@@ -6,14 +6,28 @@
 
 Without TEXTFILE, ``train`` uses CPython's documentation topics
 (``pydoc_data.topics``).  Bad input (a missing, empty or binary file, a text
-too short for one chunk, a damaged model file, a non-positive size or rate)
-prints one line to stderr and exits with status 2.
+too short for one chunk, a damaged model file, a non-positive size or rate,
+an output path that cannot be written, a size that cannot fit in memory)
+prints one line to stderr and exits with status 2, before any training.
+
+Exit status: 0 done; 2 bad input; 1 training diverged (nothing is written)
+or the machine ran out of memory; 130 after SIGINT (Ctrl-C) and 143 after
+SIGTERM.  During training the first SIGINT or SIGTERM stops at the next
+point between steps (a step is never cut in half), saves the model there
+and exits 130 or 143; signals during the save act once the file is complete.
 """
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
+
+from ._memory import check_fits
+from ._signals import SIGNALS
+from ._threads import threads
 
 __all__ = ["main", "build_parser"]
 
@@ -30,13 +44,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_at_least(low, expected, must):
-    """An argparse type: an int >= low; `expected` and `must` word its errors."""
+    """An argparse type: an int >= low (also written 1e6); `expected` and `must` word its errors."""
 
     def parse(s):
         try:
             v = int(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
+            try:
+                f = float(s)
+            except ValueError:
+                f = math.nan
+            if not (math.isfinite(f) and f.is_integer()):
+                raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
+            v = int(f)
         if v < low:
             raise argparse.ArgumentTypeError(f"must be {must}, got {s}")
         return v
@@ -86,7 +106,7 @@ def add_train_arguments(p):
     model.add_argument("--hidden", type=_positive_int, default=128, help="hidden size (default 128)")
     model.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="parameter dtype (default float32)")
-    model.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
+    model.add_argument("--seed", type=_nonnegative_int, default=0, help="initialization seed (default 0)")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--seq-len", type=_positive_int, default=25,
                      help="characters per truncated-BPTT chunk (default 25)")
@@ -130,7 +150,7 @@ def add_sample_arguments(p):
                    help="sampling temperature; 0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K likeliest characters")
     p.add_argument("--prime", default="", help="text to start from (printed before the sample)")
-    p.add_argument("--seed", type=int, default=None, help="the same seed prints the same text")
+    p.add_argument("--seed", type=_nonnegative_int, default=None, help="the same seed prints the same text")
 
 
 def build_parser():
@@ -220,9 +240,65 @@ def make_trainer(args, text):
     return Trainer(None, text, **trainer_options(args))
 
 
-def _cmd_train(args):
+class _Interrupts:
+    """SIGINT and SIGTERM while a command runs.
+
+    The first one is remembered (its exit status is 128 + its number) and,
+    unless the command is already finishing, unwinds the work with
+    KeyboardInterrupt.  It cannot cut a training step or a save in half:
+    those hold both signals back until they are done (rnn_ext._signals).
+    Later signals are only counted, so the model is still saved.  A signal
+    ignored when the command started stays ignored.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self.finishing = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                old = signal.getsignal(s)
+                if old is None or old == signal.SIG_IGN:
+                    continue
+                self._old[s] = old
+                signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            if not self.finishing:
+                raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name if self.signum is not None else "SIGINT"
+
+    @property
+    def status(self):
+        return 128 + (self.signum if self.signum is not None else signal.SIGINT)
+
+
+def _check_output(path, option):
+    from .io import check_writable
+
+    try:
+        check_writable(path)
+    except OSError as exc:
+        raise CLIError(f"{option} {path}: cannot write there ({exc.strerror})") from None
+
+
+def _cmd_train(args, stop):
     if args.optimizer == "sgd" and args.lr is None:
         raise CLIError("--optimizer sgd needs --lr")
+    _check_output(args.out, "--out")
     plot = args.plot
     if plot is not None:
         try:
@@ -231,23 +307,22 @@ def _cmd_train(args):
             print(f"{PROG}: --plot needs matplotlib: pip install 'rnn-ext[plot]' (training without a plot)",
                   file=sys.stderr)
             plot = None
+        else:
+            _check_output(plot, "--plot")
 
     text = _read_text(args.textfile) if args.textfile else _default_text()
-    if args.threads is not None:
-        from . import set_num_threads
-
-        set_num_threads(args.threads)
     source = args.textfile or "pydoc_data.topics"
     t_start = time.perf_counter()
-    trainer = make_trainer(args, text)
-    try:
-        return _run_trainer(trainer, args, source, len(text), plot, t_start)
-    finally:
-        if hasattr(trainer, "close"):  # a distributed trainer: its cluster
-            trainer.close()
+    with contextlib.nullcontext() if args.threads is None else threads(args.threads):
+        trainer = make_trainer(args, text)
+        try:
+            return _run_trainer(trainer, args, source, len(text), plot, t_start, stop)
+        finally:
+            if hasattr(trainer, "close"):  # a distributed trainer: its cluster
+                trainer.close()
 
 
-def _run_trainer(trainer, args, source, n_chars, plot, t_start):
+def _run_trainer(trainer, args, source, n_chars, plot, t_start, stop):
     from tqdm import tqdm
 
     from .text import sample
@@ -256,9 +331,11 @@ def _run_trainer(trainer, args, source, n_chars, plot, t_start):
     if not args.quiet:
         print(f"{source}: {n_chars:,} characters, {len(trainer.vocab)} distinct; "
               f"{len(trainer.train_ids):,} for training, {len(trainer.val_ids):,} held out")
-        print(f"model: hidden {m.hidden_size}, {sum(p.size for p in m.parameters().values()):,} parameters; "
-              f"{args.optimizer} lr {trainer.optimizer.lr:g}, seq-len {args.seq_len}, batch {args.batch}",
-              flush=True)
+        threads = f", {args.threads} BLAS threads" if args.threads is not None else ""
+        print(f"model: hidden {m.hidden_size}, {m.dtype.name}, "
+              f"{sum(p.size for p in m.parameters().values()):,} parameters; "
+              f"{args.optimizer} lr {trainer.optimizer.lr:g}, seq-len {args.seq_len}, batch {args.batch}"
+              f"{threads}", flush=True)
 
     bar = tqdm(total=args.steps, unit="step", disable=args.quiet, dynamic_ncols=True, mininterval=0.25,
                file=sys.stderr)
@@ -277,17 +354,26 @@ def _run_trainer(trainer, args, source, n_chars, plot, t_start):
             bar.write(f"--- sample after {info.step} steps ---\n{s}\n---")
         return False
 
-    interrupted = False
+    diverged = None
     try:
-        hist = trainer.run(args.steps, callback=callback, eval_every=args.eval_every or None)
-    except KeyboardInterrupt:
-        interrupted = True
-        hist = trainer.history
+        try:
+            trainer.run(args.steps, callback=callback, eval_every=args.eval_every or None)
+            # from here on a signal only sets the exit status: the model is saved
+            stop.finishing = True
+        except FloatingPointError as exc:
+            stop.finishing = True
+            diverged = exc
+    except KeyboardInterrupt:  # the first SIGINT/SIGTERM; the trainer is between two steps
+        stop.finishing = True
     finally:
         bar.close()
+    hist = trainer.history
 
-    if interrupted:
-        print(f"interrupted after {trainer.step} steps", file=sys.stderr)
+    if diverged is not None:
+        print(f"{PROG}: error: {diverged}; {args.out} was not written", file=sys.stderr)
+        return 1
+    if stop.signum is not None and hist.train_loss is None:
+        print(f"interrupted ({stop.name}) after {trainer.step} steps", file=sys.stderr)
     else:
         print(f"after {trainer.step} steps: train loss {hist.train_loss:.3f} bits/char, "
               f"validation loss {hist.val_loss[-1]:.3f} bits/char" if hist.val_loss else
@@ -295,17 +381,18 @@ def _run_trainer(trainer, args, source, n_chars, plot, t_start):
     print(f"{hist.seconds:.1f} s in training steps ({hist.chars_per_sec:,.0f} chars/s), "
           f"{time.perf_counter() - t_start:.1f} s in all")
     trainer.save(args.out)
-    print(f"saved {args.out}")
-    if plot is not None and hist.loss:
+    print(f"saved {args.out}", flush=True)
+    if plot is not None and hist.loss and stop.signum != signal.SIGTERM:  # SIGTERM: leave now
         _plot(hist, plot)
         print(f"saved {plot}")
-    return 130 if interrupted else 0
+    return 0 if stop.signum is None else stop.status
 
 
-def _cmd_sample(args):
+def _cmd_sample(args, stop):
     from .io import load
-    from .text import sample
+    from .text import _sample_bytes, sample
 
+    check_fits(_sample_bytes(args.length), f"--length {args.length}: the sample")
     try:
         model = load(args.model)
     except OSError as exc:
@@ -320,6 +407,15 @@ def _cmd_sample(args):
 
 def main(argv=None):
     """Run the command line; returns the exit status."""
+    with _Interrupts() as stop:
+        try:
+            return _main(argv, stop)
+        except KeyboardInterrupt:  # a signal before training started (or while sampling)
+            print(f"{PROG}: interrupted ({stop.name})", file=sys.stderr)
+            return stop.status
+
+
+def _main(argv, stop):
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
@@ -329,16 +425,19 @@ def main(argv=None):
             parser.print_help(sys.stderr)
             return 2
         run = _cmd_train if args.command == "train" else _cmd_sample
-        return run(args)
+        return run(args, stop)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except (CLIError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        name = f" {exc.filename}" if exc.filename else ""
+        name = f" {exc.filename}:" if exc.filename else ""
         print(f"{PROG}: error:{name} {exc.strerror or exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:
+        print(f"{PROG}: error: out of memory ({exc})", file=sys.stderr)
         return 1

@@ -15,9 +15,16 @@ A file is a plain NumPy ``.npz`` archive, read back with
 ``hidden``             optional: hidden state carried by truncated BPTT, (B, H)
 =====================  ======================================================
 
+Any other entry is refused: a file holding one was not written by this
+version of rnn_ext, and ignoring it could drop something the writer meant.
+``save`` refuses what ``load`` would refuse (non-finite parameters or
+optimizer state, a hidden state of the wrong dtype, ...), so every file it
+writes loads.
+
 The write is atomic: a temporary file in the same directory is written,
 flushed to disk and renamed over ``path``, so a crash never leaves a
-half-written model behind.
+half-written model behind.  SIGINT and SIGTERM arriving during the write act
+once it is done; any exception removes the temporary file.
 
 Examples
 --------
@@ -26,18 +33,26 @@ Examples
 >>> ck = rnn_ext.io.load_checkpoint("model.npz")   # ck.model, ck.optimizer, ck.step, ck.hidden
 """
 
+import errno
 import os
 import tempfile
 from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["save", "load", "load_checkpoint", "Checkpoint", "FORMAT_VERSION"]
+from . import optim
+from ._signals import deferred
+from .model import RNN
+from .text import Vocab
+
+__all__ = ["save", "load", "load_checkpoint", "check_writable", "Checkpoint", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _MAGIC = "rnn_ext"
 _DTYPES = ("float32", "float64")
 _NONLINEARITIES = ("tanh", "relu")
+_CONFIG = ("input_size", "hidden_size", "output_size", "bias", "batch_first", "nonlinearity", "dtype")
+_KNOWN = {"format", "format_version", "vocab", "step", "hidden", *(f"config/{k}" for k in _CONFIG)}
 
 Checkpoint = namedtuple("Checkpoint", ["model", "optimizer", "step", "hidden"])
 Checkpoint.__doc__ = """A loaded file.
@@ -52,6 +67,9 @@ hidden : ndarray of shape (B, H), or None
 def save(model, path, *, optimizer=None, step=None, hidden=None):
     """Write ``model`` (and optionally training state) to ``path`` atomically.
 
+    Everything is checked as :func:`load_checkpoint` checks it before a byte
+    is written, so a file ``save`` writes always loads.
+
     Parameters
     ----------
     model : RNN
@@ -63,7 +81,18 @@ def save(model, path, *, optimizer=None, step=None, hidden=None):
     step : int >= 0, optional
         Number of optimizer steps taken.
     hidden : ndarray of shape (B, H), optional
-        Hidden state carried between truncated-BPTT chunks.
+        Hidden state carried between truncated-BPTT chunks, in the model's dtype.
+
+    Raises
+    ------
+    ValueError
+        For anything :func:`load_checkpoint` would refuse: a parameter, an
+        optimizer state or the hidden state holding NaN or infinity (named),
+        a hidden state of the wrong shape or dtype, a vocabulary whose size
+        is not the model's input and output size.  Nothing is written.
+    OSError
+        The file cannot be written; the message names ``path``.  The previous
+        file at ``path``, if any, is left as it was.
     """
     path = os.fspath(path)
     arrays = {
@@ -93,53 +122,98 @@ def save(model, path, *, optimizer=None, step=None, hidden=None):
             raise ValueError(f"step must be an int >= 0, got {step!r}")
         arrays["step"] = np.array(step, dtype=np.int64)
     if hidden is not None:
-        hidden = np.asarray(hidden)
-        if hidden.ndim != 2 or hidden.shape[1] != model.hidden_size:
-            raise ValueError(f"hidden must have shape (B, {model.hidden_size}), got {hidden.shape}")
-        arrays["hidden"] = hidden
+        arrays["hidden"] = np.asarray(hidden)
+    entries = _Entries(arrays, f"cannot save {path}: ")
+    parsed = _parse(entries)
+    if parsed.optimizer_state is not None:
+        _optimizer(model, parsed.optimizer_state, entries)  # built and dropped: what load will do
     _atomic_savez(path, arrays)
+
+
+def _naming(exc, path):
+    """``exc`` (an OSError about a temporary file) re-made to name the user's ``path``."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, path)  # OSError(errno, ...) picks the subclass
+
+
+def check_writable(path):
+    """Raise OSError naming ``path`` unless :func:`save` could write it now.
+
+    Checks what ``save`` needs, without touching ``path`` itself: ``path``
+    is not a directory, and a file can be created in its directory (one is
+    created and removed).  Call it before long work whose result goes to
+    ``path``.
+
+    Raises
+    ------
+    IsADirectoryError, FileNotFoundError, PermissionError, OSError
+        With ``filename`` set to ``path``.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"no such directory {directory!r}", path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _atomic_savez(path, arrays):
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
+    # SIGINT/SIGTERM act after the block: the file is then complete and renamed,
+    # and no temporary file is left behind
+    with deferred():
         try:
-            os.unlink(tmp)
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                       dir=directory)
+        except OSError as exc:
+            raise _naming(exc, path) from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+            os.replace(tmp, path)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise _naming(exc, path) from None
+            raise
+        try:  # make the rename itself durable; not every platform can fsync a directory
+            dfd = os.open(directory, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dfd)
         except OSError:
             pass
-        raise
-    try:  # make the rename itself durable; not every platform can fsync a directory
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+        finally:
+            os.close(dfd)
 
 
 class _Entries:
-    """Read entries of an open NpzFile, turning every decoding failure into ValueError."""
+    """Entries of an open NpzFile (or of the dict ``save`` is about to write),
+    every decoding failure turned into ValueError; ``prefix`` opens each message."""
 
-    def __init__(self, npz, path):
-        self.npz = npz
-        self.path = path
-        self.names = set(npz.files)
+    def __init__(self, source, prefix):
+        self.source = source
+        self.prefix = prefix
+        self.names = set(source.files) if hasattr(source, "files") else set(source)
 
     def error(self, msg):
-        return ValueError(f"{self.path}: {msg}")
+        return ValueError(f"{self.prefix}{msg}")
 
     def get(self, key, required=True):
         if key not in self.names:
@@ -147,7 +221,7 @@ class _Entries:
                 raise self.error(f"missing entry {key!r}; not an rnn_ext model file or a damaged one")
             return None
         try:
-            a = self.npz[key]
+            a = self.source[key]
         except ValueError as exc:
             if "allow_pickle" in str(exc):
                 raise self.error(f"entry {key!r} holds pickled Python objects, which are refused") from None
@@ -182,8 +256,9 @@ def load_checkpoint(path):
         The file cannot be read (missing, a directory, no permission).
     ValueError
         The file is not an ``.npz`` archive, is damaged, holds pickled
-        objects, lacks an entry, has a wrong shape or dtype, or has an
-        unknown format version; the message names the problem.
+        objects, lacks an entry or holds one this version does not know, has
+        a wrong shape, dtype or non-finite value, or has an unknown format
+        version; the message names the problem.
     """
     path = os.fspath(path)
     with open(path, "rb") as fh:
@@ -195,14 +270,17 @@ def load_checkpoint(path):
         except Exception as exc:  # zipfile's errors for a damaged archive
             raise ValueError(f"{path}: damaged .npz archive ({type(exc).__name__}: {exc})") from None
         with npz:
-            return _read_checkpoint(_Entries(npz, path))
+            e = _Entries(npz, f"{path}: ")
+            parsed = _parse(e)
+            return _build(parsed, e)
 
 
-def _read_checkpoint(e):
-    from . import optim
-    from .model import RNN
-    from .text import Vocab
+_Parsed = namedtuple("_Parsed", ["config", "params", "vocab", "step", "hidden", "optimizer_state"])
 
+
+def _parse(e):
+    """Every entry checked, nothing built but the vocabulary: the rules both
+    ``load`` and ``save`` hold a file to."""
     fmt = e.get("format")
     if fmt.dtype.kind != "U" or fmt.ndim != 0 or fmt.item() != _MAGIC:
         raise e.error("not an rnn_ext model file (bad 'format' entry)")
@@ -221,15 +299,24 @@ def _read_checkpoint(e):
     nonlin = e.scalar("config/nonlinearity", "U")
     if nonlin not in _NONLINEARITIES:
         raise e.error(f"config/nonlinearity must be one of {_NONLINEARITIES}, got {nonlin!r}")
+    cfg["nonlinearity"] = nonlin
     dtype_name = e.scalar("config/dtype", "U")
     if dtype_name not in _DTYPES:
         raise e.error(f"config/dtype must be one of {_DTYPES}, got {dtype_name!r}")
-    dtype = np.dtype(dtype_name)
+    dtype = cfg["dtype"] = np.dtype(dtype_name)
 
     D, H, K = cfg["input_size"], cfg["hidden_size"], cfg["output_size"]
     shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
     if cfg["bias"]:
         shapes.update(b=(H,), c=(K,))
+    extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
+    if extra:
+        raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}")
+    unknown = sorted(n for n in e.names
+                     if n not in _KNOWN and not n.startswith(("param/", "optimizer/")))
+    if unknown:
+        raise e.error(f"unexpected entries {unknown}; this rnn_ext reads format version "
+                      f"{FORMAT_VERSION}, which has none of that name")
     params = {}
     for name, shape in shapes.items():
         a = e.get(f"param/{name}")
@@ -238,16 +325,10 @@ def _read_checkpoint(e):
         if a.dtype != dtype:
             raise e.error(f"param/{name} has dtype {a.dtype}, expected {dtype} (config/dtype)")
         if not np.all(np.isfinite(a)):
-            raise e.error(f"param/{name} holds non-finite values")
+            raise e.error(f"param/{name} holds non-finite values (NaN or infinity)")
         params[name] = a
-    extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
-    if extra:
-        raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}")
 
-    model = RNN(D, H, K, bias=cfg["bias"], nonlinearity=nonlin, dtype=dtype, batch_first=cfg["batch_first"])
-    for name, a in params.items():
-        setattr(model, name, a)
-
+    vocab = None
     cps = e.get("vocab", required=False)
     if cps is not None:
         try:
@@ -256,7 +337,6 @@ def _read_checkpoint(e):
             raise e.error(f"bad vocab entry: {exc}") from None
         if len(vocab) != D or len(vocab) != K:
             raise e.error(f"the vocab has {len(vocab)} characters but the model maps {D} inputs to {K} outputs")
-        model.vocab = vocab
 
     step = e.scalar("step", "iu", required=False)
     if step is not None and step < 0:
@@ -267,20 +347,34 @@ def _read_checkpoint(e):
         if hidden.ndim != 2 or hidden.shape[1] != H or hidden.dtype != dtype:
             raise e.error(f"hidden must be a {dtype} array of shape (B, {H}), got {hidden.dtype} {hidden.shape}")
         if not np.all(np.isfinite(hidden)):
-            raise e.error("hidden holds non-finite values")
+            raise e.error("hidden holds non-finite values (NaN or infinity)")
 
-    opt_keys = [n for n in e.names if n.startswith("optimizer/")]
-    optimizer = None
+    opt_keys = sorted(n for n in e.names if n.startswith("optimizer/"))
+    state = None
     if opt_keys:
         state = {}
         for n in opt_keys:
             a = e.get(n)
             state[n[len("optimizer/"):]] = a.item() if a.ndim == 0 else a
-        try:
-            optimizer = optim.from_state_dict(model, state)
-        except (ValueError, TypeError) as exc:
-            raise e.error(f"bad optimizer state: {exc}") from None
-    return Checkpoint(model, optimizer, step, hidden)
+    return _Parsed(cfg, params, vocab, step, hidden, state)
+
+
+def _optimizer(model, state, e):
+    try:
+        return optim.from_state_dict(model, state)
+    except (ValueError, TypeError) as exc:
+        raise e.error(f"bad optimizer state: {exc}") from None
+
+
+def _build(parsed, e):
+    cfg = parsed.config
+    model = RNN(cfg["input_size"], cfg["hidden_size"], cfg["output_size"], bias=cfg["bias"],
+                nonlinearity=cfg["nonlinearity"], dtype=cfg["dtype"], batch_first=cfg["batch_first"])
+    for name, a in parsed.params.items():
+        setattr(model, name, a)
+    model.vocab = parsed.vocab
+    optimizer = None if parsed.optimizer_state is None else _optimizer(model, parsed.optimizer_state, e)
+    return Checkpoint(model, optimizer, parsed.step, parsed.hidden)
 
 
 def load(path):

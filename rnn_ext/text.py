@@ -15,6 +15,8 @@ import numbers
 
 import numpy as np
 
+from ._memory import check_fits
+
 __all__ = ["Vocab", "batchify", "iter_chunks", "num_chunks", "sample", "default_corpus"]
 
 
@@ -219,12 +221,28 @@ def _batch1(ids, batch_first):
     return ids[None, :] if batch_first else ids[:, None]
 
 
-def _logits(model, h):
-    """z = V h + c for one hidden state h of shape (1, H), in float64."""
-    z = h.astype(np.float64) @ model.V.T.astype(np.float64)
-    if model.c is not None:
-        z += model.c
-    return z[0]
+def _sample_bytes(length):
+    """Peak memory of a sample of ``length`` characters: the ids (int64) and their decoding."""
+    return 32 * length
+
+
+def _step_probs(z, temperature, top_k):
+    """Unnormalised probabilities softmax(z / temperature), top_k kept, computed stably.
+
+    z is float64 logits of shape (K,).  The maximum is subtracted before
+    dividing, so every entry is <= 0 and the largest is exactly 0: for any
+    temperature > 0, however small, the result is finite, its largest entry
+    is 1, and as the temperature goes to 0 it becomes the one-hot of the
+    argmax (greedy decoding).  Never NaN.
+    """
+    z = z - z.max()
+    if top_k is not None and top_k < z.size:
+        # exactly top_k entries survive, ties at the cut broken by index order
+        drop = np.argsort(-z, kind="stable")[top_k:]
+        z[drop] = -np.inf
+    with np.errstate(over="ignore", under="ignore"):
+        z /= temperature  # tiny temperatures send all but the maximum to -inf
+        return np.exp(z)
 
 
 def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None, seed=None):
@@ -238,6 +256,10 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
         for _ in range(length):
             z = V h + c;  ch ~ softmax(z / temperature);  h = step(ch, h)
 
+    The softmax is computed in float64 as ``exp((z - max z) / temperature)``,
+    so any temperature > 0 gives a proper distribution, approaching greedy
+    decoding as it goes to 0.
+
     Parameters
     ----------
     model : RNN
@@ -248,11 +270,13 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
         Context to start from (not included in the result).  If empty, a
         newline is used when the vocabulary has one, else the first character.
     length : int >= 0
-        Number of characters to generate.
+        Number of characters to generate.  A length whose result cannot fit
+        in the memory available is refused before anything is allocated.
     temperature : float >= 0
         Lower is more conservative; 0 means greedy (argmax) decoding.
     top_k : int >= 1, optional
-        Sample only among the ``top_k`` most likely characters.
+        Sample only among the ``top_k`` most likely characters (exactly
+        ``top_k``: ties at the cut go to the lower id).
     seed : int or numpy Generator, optional
         The same seed gives the same text.
 
@@ -275,6 +299,7 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
         )
     if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 0:
         raise ValueError(f"length must be an int >= 0, got {length!r}")
+    check_fits(_sample_bytes(length), f"length={length}: the sample")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if not (temperature >= 0 and math.isfinite(temperature)):
@@ -288,21 +313,23 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
     context = prime or ("\n" if "\n" in vocab else vocab.chars[0])
     ids = vocab.encode(context)
     h = model.forward(_batch1(ids, model.batch_first)).h_last  # (1, H)
+    # z = V h + c in float64; the parameters do not change while sampling
+    VT = model.V.T.astype(np.float64)
+    c = None if model.c is None else model.c.astype(np.float64)
     out = np.empty(length, dtype=np.int64)
     x = np.empty((1, 1), dtype=np.int64)
     for i in range(length):
-        z = _logits(model, h)
+        z = (h.astype(np.float64) @ VT)[0]
+        if c is not None:
+            z += c
         if temperature == 0:
             nxt = int(np.argmax(z))
         else:
-            z = z / temperature
-            if top_k is not None and top_k < k:
-                cut = np.partition(z, k - top_k)[k - top_k]
-                z[z < cut] = -np.inf
-            p = np.exp(z - z.max())
+            p = _step_probs(z, temperature, top_k)
             cdf = np.cumsum(p)
             nxt = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-            nxt = min(nxt, k - 1)
+            if nxt >= k:  # u * cdf[-1] rounded up to cdf[-1]: the last id with p > 0
+                nxt = int(np.flatnonzero(p)[-1])
         out[i] = nxt
         if i + 1 < length:
             x[0, 0] = nxt

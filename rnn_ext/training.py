@@ -16,6 +16,19 @@ Nothing here draws random numbers except the model's initialization (from
 ``seed``), so the same arguments give bit-identical results on the same
 machine and thread count.
 
+A step changes the trainer's state all at once or not at all: the gradient
+pass, the clipping, the optimizer update, the step counter, the carried
+hidden state and the history run with SIGINT and SIGTERM held back
+(:mod:`rnn_ext._signals`), so a Ctrl-C lands before or after a step, never
+inside one, and a checkpoint saved after it is one consistent state.  (The
+gradient pass is held back too: a signal landing in the thread control
+around a kernel call could leave that process state half-switched.)  A step whose loss or gradients are not finite raises
+FloatingPointError before anything changes: the model keeps its last finite
+parameters, so the last good checkpoint can still be saved and resumed.  An
+update that overflows the parameters from finite gradients (an absurd
+learning rate) raises FloatingPointError at once; ``save`` then refuses the
+model, so no checkpoint on disk is replaced by it.
+
 Examples
 --------
 >>> hist = rnn_ext.train(None, text, hidden=128, steps=2000)
@@ -38,10 +51,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import optim as _optim
+from ._memory import check_fits
+from ._signals import deferred
 from .clip import clip_grad_norm, clip_grad_value
+from .io import save
+from .model import RNN
 from .text import Vocab, batchify, num_chunks
 
-__all__ = ["train", "Trainer", "History", "StepInfo", "evaluate"]
+__all__ = ["train", "Trainer", "History", "StepInfo", "evaluate", "training_bytes"]
+
+# per-parameter state arrays each optimizer keeps, for training_bytes
+_SLOTS = {"adam": 2, "adagrad": 1, "sgd": 1}
 
 _LN2 = math.log(2.0)
 
@@ -160,6 +180,40 @@ def evaluate(model, ids, streams=1, chunk=None):
     return total / ((n - 1) * streams) / _LN2
 
 
+def training_bytes(vocab_size, hidden, seq_len, batch, dtype=np.float32, optimizer="adam"):
+    """A lower bound on the memory a character-level training run needs, in bytes.
+
+    The arrays that exist together during a step: the parameters, their
+    gradients, the transposed copies a pass makes (about one more set), the
+    optimizer's state, and the activations of one chunk (two (T, B, H)
+    buffers for the hidden states and the BPTT deltas, and the (T, B, K)
+    logits)::
+
+        P = H*D + H*H + K*H + H + K         (D = K = vocab_size)
+        bytes = itemsize * (P * (3 + slots) + T * B * (2*H + K))
+
+    with slots = 2 for Adam, 1 for Adagrad and SGD.
+    """
+    D = K = int(vocab_size)
+    H, T, B = int(hidden), int(seq_len), int(batch)
+    P = H * D + H * H + K * H + H + K
+    slots = _SLOTS.get(str(optimizer).lower(), 2)
+    return np.dtype(dtype).itemsize * (P * (3 + slots) + T * B * (2 * H + K))
+
+
+def _nonfinite(grads):
+    """The name of the first gradient holding NaN or infinity, or None."""
+    items = grads.items() if isinstance(grads, dict) else grads.parameters().items()
+    for name, a in items:
+        if a is None:
+            continue
+        a = np.asarray(a)
+        # min and max propagate NaN and see infinities, without a temporary array
+        if not (np.isfinite(a.min()) and np.isfinite(a.max())):
+            return name
+    return None
+
+
 def _check_int(name, value, low=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -255,9 +309,10 @@ class Trainer:
         self.chunks_per_pass = num_chunks(self.streams.shape[0], self.seq_len)
 
         if model is None:
-            from .model import RNN
-
             hidden = _check_int("hidden", hidden)
+            check_fits(training_bytes(len(vocab), hidden, self.seq_len, self.batch, dtype,
+                                      optimizer if isinstance(optimizer, str) else "adam"),
+                       f"hidden={hidden}: training")
             model = RNN(len(vocab), hidden, len(vocab), seed=seed, dtype=dtype, nonlinearity=nonlinearity)
         elif model.input_size != len(vocab) or model.output_size != len(vocab):
             raise ValueError(
@@ -314,20 +369,48 @@ class Trainer:
         return self.streams[i:j], self.streams[i + 1 : j + 1]
 
     def train_step(self):
-        """One truncated-BPTT step; returns the chunk's loss in bits per character."""
+        """One truncated-BPTT step; returns the chunk's loss in bits per character.
+
+        Raises FloatingPointError, changing nothing, when the loss or a
+        gradient is NaN or infinite.
+        """
+        with deferred():
+            return self._commit_step(self._prepare_step())
+
+    def _prepare_step(self):
+        """The gradient pass of the next step: (loss, gradients, final state, characters).
+
+        Changes no state that a checkpoint holds (a new pass over the text
+        drops the carried state, which the step would drop anyway), so a
+        step that diverges leaves the trainer as it was.
+        """
         index = self.step % self.chunks_per_pass
         if index == 0:
             self.h = None  # a new pass over the text starts from a zero state
         loss, g, h_last, chars = self._loss_and_grad(index)
+        at = f"training diverged at step {self.step + 1}"
         if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training diverged at step {self.step + 1} (loss {loss}); try a lower learning rate or clipping"
-            )
+            raise FloatingPointError(f"{at} (loss {loss}); try a lower learning rate or clipping")
+        bad = _nonfinite(g)
+        if bad is not None:
+            raise FloatingPointError(f"{at}: the gradient of {bad} holds NaN or infinity (loss {loss:.6g}); "
+                                     "try a lower learning rate or clipping")
+        return loss, g, h_last, chars
+
+    def _commit_step(self, prepared):
+        """Apply a prepared step: clip, update, advance.  Call with signals deferred."""
+        loss, g, h_last, chars = prepared
         if self.clip is not None:
             clip_grad_value(g, self.clip)
         if self.clip_norm is not None:
             clip_grad_norm(g, self.clip_norm)
         self.optimizer.step(g)
+        bad = _nonfinite(self.model.parameters())
+        if bad is not None:  # finite gradients, but the update overflowed
+            raise FloatingPointError(
+                f"training diverged at step {self.step + 1}: the update made {bad} overflow to infinity; "
+                "try a lower learning rate or clipping (the model now holds non-finite values, "
+                "which save refuses)")
         self.h = h_last
         self.step += 1
         self.last_chars = chars
@@ -378,22 +461,24 @@ class Trainer:
         hist = self.history
         decay = 0.98
         for _ in range(steps):
-            t0 = time.perf_counter()
-            loss = self.train_step()
-            hist.seconds += time.perf_counter() - t0
-            hist.chars += self.last_chars
-            hist.step = self.step
-            hist.loss.append(loss)
-            n = len(hist.loss)
-            self._smooth = decay * self._smooth + (1 - decay) * loss
-            smooth = self._smooth / (1 - decay**n)
-            hist.smooth_loss.append(smooth)
+            with deferred():  # the step and its record in the history, together
+                t0 = time.perf_counter()
+                loss = self._commit_step(self._prepare_step())
+                hist.seconds += time.perf_counter() - t0
+                hist.chars += self.last_chars
+                hist.step = self.step
+                hist.loss.append(loss)
+                n = len(hist.loss)
+                self._smooth = decay * self._smooth + (1 - decay) * loss
+                smooth = self._smooth / (1 - decay**n)
+                hist.smooth_loss.append(smooth)
             val = None
             if eval_every and self.step % eval_every == 0:
                 val = self.evaluate("val")
                 if val is not None:
-                    hist.val_steps.append(self.step)
-                    hist.val_loss.append(val)
+                    with deferred():
+                        hist.val_steps.append(self.step)
+                        hist.val_loss.append(val)
             if callback is not None:
                 info = StepInfo(self.step, loss, smooth, hist.chars_per_sec, val, self)
                 if callback(info):
@@ -402,15 +487,18 @@ class Trainer:
             if not hist.val_steps or hist.val_steps[-1] != self.step:
                 val = self.evaluate("val")
                 if val is not None:
-                    hist.val_steps.append(self.step)
-                    hist.val_loss.append(val)
+                    with deferred():
+                        hist.val_steps.append(self.step)
+                        hist.val_loss.append(val)
             hist.train_loss = self.evaluate("train")
         return hist
 
     def save(self, path):
-        """Write a checkpoint: the model, its vocab, the optimizer state, the step and the carried state."""
-        from .io import save
+        """Write a checkpoint: the model, its vocab, the optimizer state, the step and the carried state.
 
+        The write is atomic (:func:`rnn_ext.io.save`), and since a step never
+        stops half-way the checkpoint is always one consistent state.
+        """
         save(self.model, path, optimizer=self.optimizer, step=self.step, hidden=self.h)
 
 

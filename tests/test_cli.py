@@ -200,3 +200,146 @@ def test_sample_errors(trained, tmp_path, capsys):
 def test_no_command(capsys):
     r = call(capsys)
     assert r.returncode == 2 and "train" in r.stderr
+
+
+# -- options that change the result: each checked against the library -------------------
+
+
+def reference_trainer(text, *args):
+    """The Trainer `rnn-ext train` builds for these options, run as the command runs it."""
+    from rnn_ext.cli import build_parser, trainer_options
+    from rnn_ext.training import Trainer
+
+    opts = build_parser().parse_args(["train", "x.txt", *map(str, args)])
+    tr = Trainer(None, text, **trainer_options(opts))
+    tr.run(opts.steps, eval_every=None, final_eval=False)
+    return tr
+
+
+def assert_same_params(model, tr):
+    assert model.dtype == tr.model.dtype
+    for k, p in tr.model.parameters().items():
+        np.testing.assert_array_equal(model.parameters()[k], p, err_msg=k)
+
+
+def differs(model, tr):
+    return any(not np.array_equal(model.parameters()[k], p) for k, p in tr.model.parameters().items())
+
+
+@pytest.mark.parametrize("extra", [["--dtype", "float64"], ["--clip-norm", "0.05"],
+                                   ["--optimizer", "sgd", "--lr", "0.5", "--clip", "0"]],
+                         ids=["dtype", "clip-norm", "sgd-no-clip"])
+def test_training_options_reach_the_trainer(trained, tmp_path, capsys, extra):
+    """The file equals the library's Trainer with the same options, and not the one without."""
+    d, _ = trained
+    r = call(capsys, "train", d / "text.txt", *TINY, *extra, "--out", tmp_path / "m.npz", "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = rio.load(tmp_path / "m.npz")
+    assert_same_params(m, reference_trainer(TEXT, *TINY, *extra))
+    assert differs(m, reference_trainer(TEXT, *TINY)) or m.dtype != np.float32
+    if extra[:2] == ["--dtype", "float64"]:
+        assert m.dtype == np.float64
+
+
+def test_threads_option_holds_during_training_only(trained, tmp_path, capsys, monkeypatch):
+    from rnn_ext import _threads
+    from rnn_ext.training import Trainer
+
+    d, _ = trained
+    seen = []
+    real = Trainer._prepare_step
+
+    def spy(self):
+        seen.append(_threads.get_num_threads())
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_prepare_step", spy)
+    before = _threads.get_num_threads()
+    r = call(capsys, "train", d / "text.txt", *TINY, "--threads", "1", "--out", tmp_path / "m.npz")
+    assert r.returncode == 0, r.stderr
+    assert seen == [1] * 12
+    assert "1 BLAS threads" in r.stdout
+    assert _threads.get_num_threads() == before  # the process-wide setting is back
+
+
+def test_sample_top_k(trained, capsys):
+    from rnn_ext.text import sample
+
+    d, _ = trained
+    greedy = call(capsys, "sample", d / "m.npz", "--length", "40", "--temperature", "0")
+    top1 = call(capsys, "sample", d / "m.npz", "--length", "40", "--temperature", "3", "--top-k", "1",
+                "--seed", "4")
+    assert top1.returncode == 0 and top1.stdout == greedy.stdout
+    top3 = call(capsys, "sample", d / "m.npz", "--length", "40", "--temperature", "3", "--top-k", "3",
+                "--seed", "4")
+    m = rio.load(d / "m.npz")
+    assert top3.stdout == sample(m, length=40, temperature=3.0, top_k=3, seed=4) + "\n"
+    assert top3.stdout != greedy.stdout
+
+
+def test_sample_tiny_temperature_is_greedy(trained):
+    d, _ = trained
+    greedy = run("sample", d / "m.npz", "--length", "40", "--temperature", "0")
+    tiny = run("sample", d / "m.npz", "--length", "40", "--temperature", "1e-310", "--seed", "2")
+    assert tiny.returncode == 0 and tiny.stderr == ""  # no RuntimeWarning
+    assert tiny.stdout == greedy.stdout
+
+
+# -- checked before any work ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory", "plot-missing-dir"])
+def test_output_paths_checked_before_training(trained, tmp_path, capsys, where):
+    d, _ = trained
+    out = tmp_path / "m.npz"
+    args = ["train", d / "text.txt", *TINY, "--steps", "20000", "--quiet"]
+    if where == "missing-dir":
+        out = tmp_path / "no" / "such" / "m.npz"
+    elif where == "a-directory":
+        out = tmp_path
+    else:
+        args += ["--plot", tmp_path / "no" / "loss.png"]
+    r = call(capsys, *args, "--out", out)  # 20 000 steps (seconds): only a check before training returns at once
+    option = "--plot" if where.startswith("plot") else "--out"
+    bad = tmp_path / "no" / "loss.png" if where.startswith("plot") else out
+    assert_one_line_error(r, option, str(bad))
+    assert ".tmp" not in r.stderr
+    assert r.stdout == ""
+    assert os.listdir(tmp_path) == ([] if where != "a-directory" else [])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--hidden", "100000"], "hidden=100000"),
+    (["train", "--hidden", "1e5"], "hidden=100000"),
+    (["sample", "--length", "1e12"], "--length 1000000000000"),
+    (["sample", "--length", "1000000000000"], "--length 1000000000000"),
+])
+def test_sizes_beyond_memory_are_one_line(trained, tmp_path, capsys, args, fragment):
+    d, _ = trained
+    where = [d / "text.txt", *TINY, "--out", tmp_path / "m.npz"] if args[0] == "train" else [d / "m.npz"]
+    r = call(capsys, args[0], *where, *args[1:])
+    assert_one_line_error(r, fragment, "memory")
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_negative_seed_names_the_option(trained, tmp_path, capsys, command):
+    d, _ = trained
+    where = [d / "text.txt", "--out", tmp_path / "m.npz"] if command == "train" else [d / "m.npz"]
+    assert_one_line_error(call(capsys, command, *where, "--seed", "-1"), "--seed", "-1")
+
+
+def test_divergence_is_one_line_and_keeps_the_old_file(trained, tmp_path, capsys):
+    """SGD with a huge rate overflows at once: exit 1, one line naming the step, and the
+    file already at --out (the last good checkpoint) is left as it was."""
+    d, _ = trained
+    out = tmp_path / "m.npz"
+    out.write_bytes((d / "m.npz").read_bytes())
+    r = call(capsys, "train", d / "text.txt", *TINY, "--optimizer", "sgd", "--lr", "1e38", "--clip", "0",
+             "--quiet", "--out", out)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnn-ext: error: training diverged at step ")
+    assert f"{out} was not written" in lines[0]
+    assert out.read_bytes() == (d / "m.npz").read_bytes()
+    assert os.listdir(tmp_path) == ["m.npz"]

@@ -371,20 +371,6 @@ def test_without_dask_the_import_error_says_what_to_install():
     assert r.returncode == 0, r.stderr + r.stdout
 
 
-def _cli_has_workers():
-    from rnn_ext import cli
-
-    try:
-        cli.build_parser().parse_args(["train", "--workers", "2"])
-    except Exception:
-        return False
-    return True
-
-
-needs_cli = pytest.mark.skipif(not _cli_has_workers(), reason="rnn-ext train has no --workers option")
-
-
-@needs_cli
 def test_cli_trains_on_local_workers(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
@@ -397,7 +383,6 @@ def test_cli_trains_on_local_workers(tmp_path):
     assert m.vocab is not None and m.hidden_size == 16
 
 
-@needs_cli
 def test_cli_unreachable_scheduler_exits_2(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")

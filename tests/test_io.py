@@ -276,3 +276,115 @@ def test_member_that_is_not_npy(tmp_path):
             z.writestr(n, data)
     with pytest.raises(ValueError, match="'param/U' is not a .npy array"):
         rio.load(tmp_path / "x.npz")
+
+
+# -- save refuses what load would refuse ------------------------------------------------
+
+
+def poisoned_checkpoint(where):
+    """A model, optimizer and hidden state with one non-finite value at ``where``."""
+    m, opt = good_arrays()
+    hidden = np.zeros((2, 4), np.float32)
+    if where.startswith("param/"):
+        m.parameters()[where[len("param/"):]].flat[2] = np.nan  # the live array, as an optimizer would
+    elif where == "optimizer":
+        opt.state["W"]["exp_avg_sq"].flat[0] = np.inf
+    elif where == "hidden":
+        hidden[1, 3] = -np.inf
+    return m, opt, hidden
+
+
+@pytest.mark.parametrize("where, match", [
+    ("param/U", "param/U holds non-finite"),
+    ("param/W", "param/W holds non-finite"),
+    ("param/c", "param/c holds non-finite"),
+    ("optimizer", "bad optimizer state.*W.exp_avg_sq.*non-finite"),
+    ("hidden", "hidden holds non-finite"),
+])
+def test_save_refuses_non_finite_state(tmp_path, where, match):
+    m, opt, hidden = poisoned_checkpoint(where)
+    path = tmp_path / "m.npz"
+    with pytest.raises(ValueError, match=f"cannot save {path}: {match}"):
+        rio.save(m, path, optimizer=opt, step=3, hidden=hidden)
+    assert os.listdir(tmp_path) == []
+
+
+def test_issue_repro_nan_gradient_then_save(tmp_path):
+    """The issue's repro: an SGD step on a NaN gradient, then save."""
+    from rnn_ext.optim import SGD
+
+    m = RNN(3, 4, 3)
+    with np.errstate(invalid="ignore"):
+        try:
+            SGD(m, lr=0.1).step({"U": np.full((4, 3), np.nan)})
+        except ValueError:  # an optimizer that refuses the step changes nothing
+            assert np.isfinite(m.U).all()
+    if np.isfinite(m.U).all():
+        m.save(tmp_path / "m.npz")
+        rio.load(tmp_path / "m.npz")
+    else:
+        with pytest.raises(ValueError, match="param/U holds non-finite"):
+            m.save(tmp_path / "m.npz")
+        assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: {"hidden": np.zeros((2, 4), np.float64)}, "hidden must be a float32 array"),
+    (lambda m: {"hidden": np.zeros((2, 5), np.float32)}, "hidden must be a float32 array"),
+    (lambda m: setattr(m, "vocab", Vocab("abcd")) or {}, "the vocab has 4 characters"),
+])
+def test_save_refuses_what_load_would_refuse(tmp_path, edit, match):
+    m, opt = good_arrays()
+    kw = edit(m)
+    with pytest.raises(ValueError, match=match):
+        rio.save(m, tmp_path / "m.npz", optimizer=opt, **kw)
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_entry_is_refused(tmp_path):
+    bad = write_variant(tmp_path, lambda a: a.update(notes=np.array("hello")))
+    with pytest.raises(ValueError, match=r"unexpected entries \['notes'\]"):
+        rio.load(bad)
+
+
+# -- where the file goes ------------------------------------------------------------------
+
+
+def test_check_writable(tmp_path):
+    rio.check_writable(tmp_path / "new.npz")
+    (tmp_path / "old.npz").write_bytes(b"x")
+    rio.check_writable(tmp_path / "old.npz")  # replaced atomically, like save
+    assert sorted(os.listdir(tmp_path)) == ["old.npz"]
+    for bad, kind in [(tmp_path / "no" / "dir" / "m.npz", FileNotFoundError), (tmp_path, IsADirectoryError)]:
+        with pytest.raises(kind) as info:
+            rio.check_writable(bad)
+        assert info.value.filename == str(bad)
+
+
+def test_save_errors_name_the_users_path(tmp_path):
+    m = RNN(3, 4, 3)
+    (tmp_path / "d.npz").mkdir()
+    for bad in (tmp_path / "no" / "m.npz", tmp_path / "d.npz"):
+        with pytest.raises(OSError) as info:
+            rio.save(m, bad)
+        assert info.value.filename == str(bad) and ".tmp" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["d.npz"]
+
+
+def test_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """KeyboardInterrupt (or any exception) raised inside the write: the old file stays,
+    the temporary file goes."""
+    path = tmp_path / "m.npz"
+    old = RNN(3, 4, 3, seed=0)
+    rio.save(old, path)
+
+    def interrupted_savez(f, **arrays):
+        f.write(b"PK\x03\x04 part of a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rio.np, "savez", interrupted_savez)
+    with pytest.raises(KeyboardInterrupt):
+        rio.save(RNN(3, 4, 3, seed=1), path)
+    monkeypatch.undo()
+    same_model(old, rio.load(path))
+    assert os.listdir(tmp_path) == ["m.npz"]

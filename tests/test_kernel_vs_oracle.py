@@ -15,7 +15,20 @@ import pytest
 import rnn_ext
 from rnn_ext import oracle
 
-RTOL = {np.float32: 1e-4, np.float64: 1e-10}
+# Relative error max|got - want| / max|want| allowed, per dtype and per kind of
+# result: 8x the worst seen over this module's whole grid (840 cases per
+# dtype; measured on x86-64 with scipy's OpenBLAS, the float32 tanh/exp loops
+# on AVX2).  "loss": the loss (worst seen 5.8e-8 in float32, 3.3e-16 in
+# float64).  "out": the forward pass and the output side of the gradient (h,
+# probs, h_last, dV, dc; worst 1.41e-6 and 3.7e-15).  "bptt": the gradients
+# carried back through time (dU, dW, db, dh0, dx; worst 1.04e-5 and 2.3e-14,
+# where the sums cancel).  A bias of 5e-5 in float32's dV exceeds "out".
+RTOL = {
+    np.float32: {"loss": 5e-7, "out": 1.2e-5, "bptt": 8.5e-5},
+    np.float64: {"loss": 3e-15, "out": 3e-14, "bptt": 2e-13},
+}
+KIND = {"h": "out", "probs": "out", "h_last": "out", "V": "out", "c": "out",
+        "U": "bptt", "W": "bptt", "b": "bptt", "h0": "bptt", "x": "bptt"}
 SHAPES = [  # (T, B, D, H, K)
     (T, B, D, H, K)
     for (T, B), (D, H, K) in itertools.product(
@@ -83,7 +96,7 @@ def test_loss_and_grad_match_oracle(shape, dtype, bias, inp, option):
     want_loss, want = oracle.loss_and_grad(x=x.tolist(), y=y.tolist(), **oracle_args(model),
                                            **listify(kw))
     tol = RTOL[dtype]
-    assert abs(loss - want_loss) <= tol * max(abs(want_loss), 1e-30)
+    assert abs(loss - want_loss) <= tol["loss"] * max(abs(want_loss), 1e-30)
     for name in ("U", "W", "V", "b", "c", "h0", "x", "h_last"):
         got = getattr(g, name)
         if want[name] is None:
@@ -91,7 +104,7 @@ def test_loss_and_grad_match_oracle(shape, dtype, bias, inp, option):
             continue
         assert got.dtype == dtype, name
         err = rel_err(got, want[name])
-        assert err <= tol, f"d{name}: relative error {err:.3g} > {tol:g}"
+        assert err <= tol[KIND[name]], f"d{name}: relative error {err:.3g} > {tol[KIND[name]]:g}"
 
 
 @pytest.mark.parametrize("shape, dtype, bias, inp, option", CASES)
@@ -104,16 +117,16 @@ def test_forward_loss_grad_v_match_oracle(shape, dtype, bias, inp, option):
     for name in ("h", "probs", "h_last"):
         got = getattr(out, name)
         assert got.dtype == dtype
-        assert rel_err(got, want[name]) <= tol, name
+        assert rel_err(got, want[name]) <= tol["out"], name
     args = dict(x=x.tolist(), y=y.tolist(), **oracle_args(model), **listify(kw))
     want_loss = oracle.loss(**args)
-    assert abs(model.loss(x, y, **kw) - want_loss) <= tol * max(abs(want_loss), 1e-30)
+    assert abs(model.loss(x, y, **kw) - want_loss) <= tol["loss"] * max(abs(want_loss), 1e-30)
     loss, dV, dc = model.grad_V(x, y, **kw)
     _, want_dV, want_dc = oracle.grad_V(**args)
-    assert abs(loss - want_loss) <= tol * max(abs(want_loss), 1e-30)
-    assert dV.dtype == dtype and rel_err(dV, want_dV) <= tol
+    assert abs(loss - want_loss) <= tol["loss"] * max(abs(want_loss), 1e-30)
+    assert dV.dtype == dtype and rel_err(dV, want_dV) <= tol["out"]
     if bias:
-        assert dc.dtype == dtype and rel_err(dc, want_dc) <= tol
+        assert dc.dtype == dtype and rel_err(dc, want_dc) <= tol["out"]
     else:
         assert dc is None
 

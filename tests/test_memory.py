@@ -1,14 +1,26 @@
-"""Memory: resident set size stays flat over many passes, good and refused.
+"""Memory: nothing grows over many passes, good and refused.
 
-RSS is read from /proc/self/statm (Linux), after a warm-up that lets the
-allocators, NumPy's caches and the interpreter reach their steady state.
-Shapes are tiny so that 10^4 calls take about a second; a leak of even one
-small buffer or Python object per call would then show as >1 MiB.  One more
-test uses large buffers, where a leaked scratch array would cost megabytes a
-call.  Skipped under the sanitizer build (.ci/sanitize.sh): AddressSanitizer
-keeps freed memory in quarantine on purpose, so RSS grows there by design.
+After a warm-up that lets the allocators, NumPy's caches and the interpreter
+reach their steady state, 10^4 calls on tiny shapes (a fraction of a second)
+are counted three ways:
+
+- bytes in use in the C heap (glibc's ``mallinfo2``): a leak of one 16-byte
+  ``malloc`` per pass (a 32-byte chunk) shows as 320 000 bytes; with no leak
+  the count moves by under 100 bytes (measured: 80), so the limit is 16 KiB;
+- Python's allocated blocks (``sys.getallocatedblocks``): one leaked object a
+  pass shows as 10^4; measured with no leak: 0 or 1; limit 100;
+- the resident set size, from /proc/self/statm: page-sized and noisy, it
+  misses small leaks (a 16-byte leak reuses freed chunks and shows 0 bytes)
+  but catches anything mapped directly; limit 1 MiB.
+
+One more test uses large buffers, where a leaked scratch array would cost
+megabytes a call.  Skipped under the sanitizer build (.ci/sanitize.sh):
+AddressSanitizer keeps freed memory in quarantine on purpose, so memory grows
+there by design.
 """
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import sys
@@ -20,6 +32,8 @@ import rnn_ext
 
 MIB = 1 << 20
 CALLS = 10_000
+HEAP_LIMIT = 16 * 1024  # bytes over CALLS passes; a 16-byte leak shows as 320 000
+BLOCK_LIMIT = 100  # Python blocks over CALLS passes; one leaked object a pass shows as 10 000
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm"),
@@ -33,16 +47,50 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def growth(step, calls: int, warmup: int) -> int:
-    """RSS growth in bytes over ``calls`` calls of step(i), after ``warmup`` calls."""
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _Mallinfo2
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+needs_mallinfo2 = pytest.mark.skipif(_MALLINFO2 is None, reason="needs glibc >= 2.33 (mallinfo2)")
+
+
+def heap_bytes() -> int:
+    """Bytes the C heap has handed out and not taken back (small chunks and mmapped ones)."""
+    info = _MALLINFO2()
+    return info.uordblks + info.hblkhd
+
+
+def growth(step, calls: int, warmup: int) -> dict[str, int]:
+    """Growth of RSS, C heap bytes and Python blocks over ``calls`` calls of step(i)."""
     for i in range(warmup):
         step(i)
     gc.collect()
-    before = rss()
+    heap = heap_bytes() if _MALLINFO2 else 0
+    before = rss(), sys.getallocatedblocks()
     for i in range(calls):
         step(i)
     gc.collect()
-    return rss() - before
+    return {"rss": rss() - before[0], "blocks": sys.getallocatedblocks() - before[1],
+            "heap": (heap_bytes() - heap) if _MALLINFO2 else 0}
+
+
+def assert_flat(grew: dict[str, int], what: str) -> None:
+    assert grew["rss"] < MIB, f"RSS grew {grew['rss'] / 1024:.0f} KiB over {what}"
+    assert grew["blocks"] < BLOCK_LIMIT, f"{grew['blocks']} more Python blocks after {what}"
+    assert grew["heap"] < HEAP_LIMIT, f"the C heap grew {grew['heap']} bytes over {what}"
 
 
 def tiny_work(dtype):
@@ -71,7 +119,7 @@ def tiny_work(dtype):
 def test_rss_flat_over_passes(dtype):
     calls = tiny_work(dtype)
     grew = growth(lambda i: calls[i % len(calls)](), CALLS, warmup=2000)
-    assert grew < MIB, f"RSS grew {grew / 1024:.0f} KiB over {CALLS} passes"
+    assert_flat(grew, f"{CALLS} passes")
 
 
 def test_rss_flat_over_refused_calls():
@@ -103,7 +151,7 @@ def test_rss_flat_over_refused_calls():
         raise AssertionError(f"bad call {i % len(bad)} was accepted")
 
     grew = growth(step, CALLS, warmup=2000)
-    assert grew < MIB, f"RSS grew {grew / 1024:.0f} KiB over {CALLS} refused calls"
+    assert_flat(grew, f"{CALLS} refused calls")
 
 
 def test_rss_flat_over_large_passes():
@@ -116,5 +164,22 @@ def test_rss_flat_over_large_passes():
     y = rng.integers(0, K, size=(T, B))
     calls = [lambda: m.loss_and_grad(ids, y), lambda: m.loss_and_grad(xf, y),
              lambda: m.forward(xf)]
-    grew = growth(lambda i: calls[i % len(calls)](), 120, warmup=30)
+    grew = growth(lambda i: calls[i % len(calls)](), 120, warmup=30)["rss"]
     assert grew < 4 * MIB, f"RSS grew {grew / MIB:.1f} MiB over 120 large passes"
+
+
+@needs_mallinfo2
+def test_heap_count_sees_a_16_byte_leak():
+    """The heap count itself: one 16-byte malloc a pass, never freed, fails the limit."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    calls = tiny_work(np.float32)
+
+    def leaky(i):
+        calls[i % len(calls)]()
+        libc.malloc(16)
+
+    grew = growth(leaky, CALLS, warmup=200)
+    assert grew["heap"] >= 16 * CALLS > HEAP_LIMIT
+

@@ -16,11 +16,22 @@ import math
 
 import numpy as np
 import pytest
-from test_properties import RTOL, reference
+from test_properties import reference
 
 import rnn_ext
 
 DTYPES = [np.float32, np.float64]
+# Errors allowed against the float64 NumPy reference: about 8x the worst seen
+# in this module (x86-64, scipy's OpenBLAS).  "loss": relative (worst seen
+# 3.7e-8 in float32, 2.2e-15 in float64).  "values": max |error| / max(1,
+# max |want|) of hidden states and gradients (2.4e-6 and 7.0e-15, at
+# T = 10 000).  "saturated": the same for the gradients in the huge-logits
+# tests, where h = ±(1 - tiny) and float32's 1 - h² keeps only a few bits
+# (9.5e-5; float64 6.1e-16).
+TOL = {
+    np.dtype(np.float32): {"loss": 3e-7, "values": 2e-5, "saturated": 8e-4},
+    np.dtype(np.float64): {"loss": 2e-14, "values": 6e-14, "saturated": 6e-14},
+}
 
 
 def params64(m):
@@ -28,10 +39,11 @@ def params64(m):
             for n, a in ((n, getattr(m, n)) for n in ("U", "W", "V", "b", "c"))}
 
 
-def assert_close(got, want, dtype, what):
+def assert_close(got, want, dtype, what, kind="values"):
     scale = max(1.0, float(np.abs(want).max()))
     err = float(np.abs(np.asarray(got, np.float64) - want).max())
-    assert err <= 4 * RTOL[np.dtype(dtype)] * scale, f"{what}: max error {err:.3g} at scale {scale:.3g}"
+    tol = TOL[np.dtype(dtype)][kind]
+    assert err <= tol * scale, f"{what}: max error {err:.3g} at scale {scale:.3g} > {tol:g}"
 
 
 def check_all_finite(loss, g):
@@ -66,10 +78,10 @@ def test_huge_logits_give_finite_loss_and_gradients(dtype, magnitude, via):
     check_all_finite(loss, g)
     # the loss is of the size of the logits, and right to the dtype's precision
     ref = reference(params64(m), False, x, y, np.zeros((B, H)), None)
-    assert loss == pytest.approx(ref["loss"], rel=RTOL[np.dtype(dtype)])
+    assert loss == pytest.approx(ref["loss"], rel=TOL[np.dtype(dtype)]["loss"])
     assert loss > magnitude / 10, "targets were drawn at random, so some are far from the argmax"
     for name in ("V", "c", "W", "U", "b"):
-        assert_close(getattr(g, name), ref["d" + name], dtype, name)
+        assert_close(getattr(g, name), ref["d" + name], dtype, name, "saturated")
     # the output-layer gradient is a difference of probabilities: |dz| <= 1 per row
     assert np.abs(g.c).max() <= T * B + 1e-3
 
@@ -86,7 +98,7 @@ def test_huge_logits_with_soft_targets_and_mean(dtype):
     check_all_finite(loss, g)
     ref = reference(params64(m), False, x.astype(dtype).astype(np.float64),
                     y.astype(dtype).astype(np.float64), np.zeros((B, H)), None, "mean")
-    assert loss == pytest.approx(ref["loss"], rel=RTOL[np.dtype(dtype)])
+    assert loss == pytest.approx(ref["loss"], rel=TOL[np.dtype(dtype)]["loss"])
 
 
 # --- T = 10 000 ---------------------------------------------------------------------
@@ -110,7 +122,7 @@ def test_ten_thousand_steps(dtype, nonlinearity, kind):
     check_all_finite(loss, g)
     xr = x if kind == "ids" else x.astype(dtype).astype(np.float64)
     ref = reference(params64(m), nonlinearity == "relu", xr, y, np.zeros((B, H)), lengths)
-    assert loss == pytest.approx(ref["loss"], rel=10 * RTOL[np.dtype(dtype)])
+    assert loss == pytest.approx(ref["loss"], rel=TOL[np.dtype(dtype)]["loss"])
     assert_close(out.h, ref["h"], dtype, "h")
     assert_close(out.h_last, ref["h_last"], dtype, "h_last")
     for name in ("U", "W", "V", "b", "c"):

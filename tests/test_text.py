@@ -188,11 +188,63 @@ def test_sample_empty_prime_and_lengths(model_and_vocab):
     assert sample(m, v, length=15, temperature=0) == greedy_by_full_forward(m, v, "\n", 15)
 
 
+def fixed_distribution_model(logits):
+    """A model whose output distribution is softmax(logits) at every step (V = 0)."""
+    k = len(logits)
+    v = Vocab("".join(chr(ord("a") + i) for i in range(k)))
+    m = RNN(k, 3, k, seed=0, dtype=np.float64)
+    m.V = np.zeros((k, 3))
+    m.c = np.asarray(logits, dtype=np.float64)
+    m.vocab = v
+    return m, v
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 5, 7])
+def test_sample_top_k_draws_exactly_the_k_likeliest(top_k):
+    """At a high temperature the top k are near-uniform, so 600 draws show every one of
+    them, and no other: top_k - 1 or top_k + 1 would change the set seen."""
+    logits = [0.5, 3.0, -1.0, 2.0, 1.0, -2.0, 0.0, 2.5]  # ranks: b h d e a g c f
+    m, v = fixed_distribution_model(logits)
+    out = sample(m, v, length=600, temperature=1e3, top_k=top_k, seed=0)
+    likeliest = {v.chars[i] for i in np.argsort(logits)[::-1][:top_k]}
+    assert set(out) == likeliest
+
+
+def test_sample_top_k_with_ties_keeps_exactly_k():
+    m, v = fixed_distribution_model([1.0, 2.0, 2.0, 2.0, 0.0])
+    out = sample(m, v, length=400, temperature=1e3, top_k=2, seed=1)
+    assert set(out) == {"b", "c"}  # ties at the cut go to the lower ids
+
+
 def test_sample_top_k_restricts_choices(model_and_vocab):
     m, v = model_and_vocab
     out = sample(m, v, prime="t", length=1, top_k=2, temperature=5.0, seed=0)
     z = m.forward(v.encode("t")[:, None]).probs[-1, 0]
     assert v.encode(out)[0] in np.argsort(z)[-2:]
+
+
+@pytest.mark.parametrize("temperature", [1e-310, 5e-324, 1e-300, 1e-30, 1e-6])
+def test_tiny_temperatures_approach_greedy(model_and_vocab, temperature):
+    """z / T overflows for tiny T: computed as (z - max z) / T it is 0 for the maximum and
+    -inf elsewhere, a one-hot distribution, never NaN (and warnings are errors here)."""
+    m, v = model_and_vocab
+    greedy = sample(m, v, prime="the ", length=60, temperature=0)
+    assert sample(m, v, prime="the ", length=60, temperature=temperature, seed=3) == greedy
+    assert sample(m, v, prime="the ", length=60, temperature=temperature, top_k=4, seed=3) == greedy
+
+
+@pytest.mark.parametrize("temperature", [1e10, 1e300, np.finfo(np.float64).max])
+def test_huge_temperatures_are_uniform(temperature):
+    m, v = fixed_distribution_model([30.0, -30.0, 0.0, 5.0])
+    out = sample(m, v, length=800, temperature=temperature, seed=2)
+    counts = [out.count(ch) for ch in v.chars]
+    assert min(counts) > 150, counts
+
+
+def test_sample_length_beyond_memory_is_refused():
+    m, v = fixed_distribution_model([0.0, 1.0])
+    with pytest.raises(ValueError, match=r"length=1000000000000: the sample needs about .* of memory"):
+        sample(m, v, length=10**12)
 
 
 def test_sample_batch_first_model(model_and_vocab):

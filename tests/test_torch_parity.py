@@ -20,7 +20,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 import rnn_ext  # noqa: E402
 from rnn_ext import oracle  # noqa: E402
 
-# max |got - want| / max |want|
 from_torch = rnn_ext.RNN.from_torch
 
 
@@ -28,7 +27,11 @@ def to_torch(model):
     return model.to_torch()
 
 
-TOL = {np.float32: 1e-4, np.float64: 1e-10}
+# max |got - want| / max |want|, about 10x the worst seen over this module
+# (x86-64, scipy's OpenBLAS, torch 2.13 CPU).  Worst seen in float32 (PyTorch
+# itself in float32): 3.6e-7, on dW of the 32-case grid; in float64: 1.34e-15
+# (db), 1.04e-15 for the oracle and 1.07e-15 at the report size.
+TOL = {np.float32: 4e-6, np.float64: 1.5e-14}
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 GRADS = ("U", "W", "V", "b", "c", "h0", "x")
 

@@ -195,3 +195,85 @@ def test_text_errors():
         train(None, "abcdefghij", steps=1, batch=1, seq_len=3, val_fraction=0.1)
     with pytest.raises(ValueError, match="steps"):
         train(None, TEXT, steps=-1, **SMALL)
+
+
+# -- divergence: nothing poisoned, the last good state can be saved -----------------------
+
+
+def checkpoint_state(tr):
+    return (tr.step, {k: p.copy() for k, p in tr.model.parameters().items()},
+            {k: np.copy(v) for k, v in tr.optimizer.state_dict().items()},
+            None if tr.h is None else tr.h.copy())
+
+
+def assert_unchanged(tr, before):
+    step, params, opt, h = before
+    assert tr.step == step
+    for k, p in tr.model.parameters().items():
+        np.testing.assert_array_equal(p, params[k], err_msg=k)
+    after = tr.optimizer.state_dict()
+    assert after.keys() == opt.keys()
+    for k in opt:
+        np.testing.assert_array_equal(np.asarray(after[k]), opt[k], err_msg=k)
+    if h is None:
+        assert tr.h is None
+    else:
+        np.testing.assert_array_equal(tr.h, h)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("name", ["U", "W", "c"])
+def test_nonfinite_gradient_stops_training_and_changes_nothing(tmp_path, monkeypatch, bad, name):
+    tr = Trainer(None, TEXT, **SMALL)
+    tr.run(4, eval_every=None, final_eval=False)
+    before = checkpoint_state(tr)
+    real = tr.model.loss_and_grad
+
+    def poisoned(*args, **kw):
+        loss, g = real(*args, **kw)
+        getattr(g, name).flat[3] = bad
+        return loss, g
+
+    monkeypatch.setattr(tr.model, "loss_and_grad", poisoned)
+    with pytest.raises(FloatingPointError, match=f"diverged at step 5: the gradient of {name} holds NaN"):
+        tr.run(3)
+    assert_unchanged(tr, before)
+    assert len(tr.history.loss) == 4
+    tr.save(tmp_path / "last-good.npz")  # the state before the bad step, which loads
+    import rnn_ext.io as rio
+
+    assert rio.load_checkpoint(tmp_path / "last-good.npz").step == 4
+
+
+def test_overflowing_update_is_reported_and_cannot_be_saved(tmp_path):
+    import rnn_ext.io as rio
+
+    tr = Trainer(None, TEXT, optimizer="sgd", lr=1e300, clip=None, **SMALL)
+    Trainer(None, TEXT, **SMALL).save(tmp_path / "good.npz")
+    good = (tmp_path / "good.npz").read_bytes()
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError,
+                                                   match="diverged at step 1: the update made .* overflow"):
+        tr.run(2)
+    with pytest.raises(ValueError, match=r"cannot save .*good.npz: param/\w+ holds non-finite"):
+        tr.save(tmp_path / "good.npz")
+    assert (tmp_path / "good.npz").read_bytes() == good  # the last good checkpoint stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.npz"]
+    rio.load(tmp_path / "good.npz")
+
+
+def test_training_bytes_counts_the_arrays_of_a_step():
+    from rnn_ext.training import training_bytes
+
+    K, H, T, B = 65, 128, 25, 32
+    P = H * K + H * H + K * H + H + K
+    assert training_bytes(K, H, T, B, np.float32, "adam") == 4 * (5 * P + T * B * (2 * H + K))
+    assert training_bytes(K, H, T, B, np.float64, "sgd") == 8 * (4 * P + T * B * (2 * H + K))
+
+
+def test_hidden_beyond_memory_is_refused_before_allocating():
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r"hidden=1000000: training needs about .* TiB of memory"):
+        Trainer(None, TEXT, **dict(SMALL, hidden=10**6))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 * 1024  # KiB
