@@ -5,15 +5,27 @@ A file is a plain NumPy ``.npz`` archive, read back with
 
 =====================  ======================================================
 ``format``             the string ``"rnn_ext"``
-``format_version``     int, currently 1
-``config/<name>``      input_size, hidden_size, output_size (int), bias,
-                       batch_first (bool), nonlinearity, dtype (str)
-``param/<name>``       U, W, V (and b, c with a bias), in the model's dtype
+``format_version``     int, currently 2 (files of version 1 load too)
+``config/<name>``      input_size, hidden_size, output_size, num_layers (int),
+                       bias, batch_first, bidirectional (bool), dropout
+                       (float), nonlinearity, dtype (str)
+``param/<name>``       the model's parameters by ``model.parameters()``'s
+                       names, in the model's dtype: U, W, V (and b, c with a
+                       bias) for one layer and one direction; U_l0, W_l0,
+                       b_l0, ..., U_l1_reverse, ..., V, c otherwise
 ``vocab``              optional: the characters' code points, int32 (K,)
 ``optimizer/<key>``    optional: ``Optimizer.state_dict()`` entries
 ``step``               optional: optimizer steps done, int
-``hidden``             optional: hidden state carried by truncated BPTT, (B, H)
+``hidden``             optional: hidden state carried by truncated BPTT,
+                       (L*dirs, B, H), or (B, H) for one layer and direction
 =====================  ======================================================
+
+Version 2 added ``config/num_layers``, ``config/bidirectional`` and
+``config/dropout`` (and the layer's parameter names they call for).  A
+version-1 file (written before stacked and bidirectional models) has none
+of them and is read as one layer, one direction, no dropout; versions of
+rnn_ext that read only version 1 refuse a version-2 file by its version
+rather than by a missing entry.
 
 The write is atomic: a temporary file in the same directory is written,
 flushed to disk and renamed over ``path``, so a crash never leaves a
@@ -32,9 +44,12 @@ from collections import namedtuple
 
 import numpy as np
 
+from ._layout import head_layout, recurrent_layout
+
 __all__ = ["save", "load", "load_checkpoint", "Checkpoint", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READS = (1, 2)  # format versions this rnn_ext reads
 _MAGIC = "rnn_ext"
 _DTYPES = ("float32", "float64")
 _NONLINEARITIES = ("tanh", "relu")
@@ -45,7 +60,7 @@ Checkpoint.__doc__ = """A loaded file.
 model : RNN (with ``.vocab`` when one was saved)
 optimizer : rnn_ext.optim.Optimizer bound to ``model``, or None
 step : int or None
-hidden : ndarray of shape (B, H), or None
+hidden : ndarray of shape (L*dirs, B, H) (or (B, H) as saved for one layer and direction), or None
 """
 
 
@@ -62,8 +77,9 @@ def save(model, path, *, optimizer=None, step=None, hidden=None):
         Its ``state_dict()`` is stored.
     step : int >= 0, optional
         Number of optimizer steps taken.
-    hidden : ndarray of shape (B, H), optional
-        Hidden state carried between truncated-BPTT chunks.
+    hidden : ndarray of shape (L*dirs, B, H), optional
+        Hidden state carried between truncated-BPTT chunks, every layer's
+        (``h_n``); (B, H) is also accepted for one layer and one direction.
     """
     path = os.fspath(path)
     arrays = {
@@ -72,6 +88,9 @@ def save(model, path, *, optimizer=None, step=None, hidden=None):
         "config/input_size": np.array(model.input_size, dtype=np.int64),
         "config/hidden_size": np.array(model.hidden_size, dtype=np.int64),
         "config/output_size": np.array(model.output_size, dtype=np.int64),
+        "config/num_layers": np.array(model.num_layers, dtype=np.int64),
+        "config/bidirectional": np.array(bool(model.bidirectional)),
+        "config/dropout": np.array(model.dropout, dtype=np.float64),
         "config/bias": np.array(bool(model.bias)),
         "config/batch_first": np.array(bool(model.batch_first)),
         "config/nonlinearity": np.array(str(model.nonlinearity)),
@@ -94,10 +113,32 @@ def save(model, path, *, optimizer=None, step=None, hidden=None):
         arrays["step"] = np.array(step, dtype=np.int64)
     if hidden is not None:
         hidden = np.asarray(hidden)
-        if hidden.ndim != 2 or hidden.shape[1] != model.hidden_size:
-            raise ValueError(f"hidden must have shape (B, {model.hidden_size}), got {hidden.shape}")
+        Ld, H = model.num_layers * model.num_directions, model.hidden_size
+        if not _hidden_fits(hidden.shape, Ld, H):
+            raise ValueError(f"hidden must have shape {_hidden_shape(Ld, H)}, got {hidden.shape}")
         arrays["hidden"] = hidden
     _atomic_savez(path, arrays)
+
+
+def _hidden_fits(shape, Ld, H):
+    """(Ld, B, H), or (B, H) when there is one layer and one direction."""
+    return ((len(shape) == 3 and shape[0] == Ld and shape[2] == H)
+            or (Ld == 1 and len(shape) == 2 and shape[1] == H))
+
+
+def _hidden_shape(Ld, H):
+    return f"({Ld}, B, {H})" + (f" or (B, {H})" if Ld == 1 else "")
+
+
+def _param_shapes(D, H, K, L, dirs, bias):
+    """{name: shape} of the parameters of a model of this configuration,
+    named as its ``parameters()`` names them."""
+    if L == 1 and dirs == 1:
+        shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
+        if bias:
+            shapes.update(b=(H,), c=(K,))
+        return shapes
+    return dict((recurrent_layout(D, H, L, dirs, bias) + head_layout(dirs * H, K, bias)).entries())
 
 
 def _atomic_savez(path, arrays):
@@ -207,8 +248,8 @@ def _read_checkpoint(e):
     if fmt.dtype.kind != "U" or fmt.ndim != 0 or fmt.item() != _MAGIC:
         raise e.error("not an rnn_ext model file (bad 'format' entry)")
     version = e.scalar("format_version", "iu")
-    if version != FORMAT_VERSION:
-        raise e.error(f"unknown format version {version}; this rnn_ext reads version {FORMAT_VERSION}")
+    if version not in _READS:
+        raise e.error(f"unknown format version {version}; this rnn_ext reads versions {_READS}")
 
     cfg = {}
     for key in ("input_size", "hidden_size", "output_size"):
@@ -225,11 +266,10 @@ def _read_checkpoint(e):
     if dtype_name not in _DTYPES:
         raise e.error(f"config/dtype must be one of {_DTYPES}, got {dtype_name!r}")
     dtype = np.dtype(dtype_name)
+    L, dirs, dropout = _layers_config(e, version)
 
     D, H, K = cfg["input_size"], cfg["hidden_size"], cfg["output_size"]
-    shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
-    if cfg["bias"]:
-        shapes.update(b=(H,), c=(K,))
+    shapes = _param_shapes(D, H, K, L, dirs, cfg["bias"])
     params = {}
     for name, shape in shapes.items():
         a = e.get(f"param/{name}")
@@ -242,11 +282,12 @@ def _read_checkpoint(e):
         params[name] = a
     extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
     if extra:
-        raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}")
+        raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}, "
+                      f"num_layers={L}, bidirectional={dirs == 2}")
 
-    model = RNN(D, H, K, bias=cfg["bias"], nonlinearity=nonlin, dtype=dtype, batch_first=cfg["batch_first"])
-    for name, a in params.items():
-        setattr(model, name, a)
+    model = RNN(D, H, K, num_layers=L, bidirectional=dirs == 2, dropout=dropout, bias=cfg["bias"],
+                nonlinearity=nonlin, dtype=dtype, batch_first=cfg["batch_first"])
+    model.set_params(params)
 
     cps = e.get("vocab", required=False)
     if cps is not None:
@@ -264,8 +305,9 @@ def _read_checkpoint(e):
 
     hidden = e.get("hidden", required=False)
     if hidden is not None:
-        if hidden.ndim != 2 or hidden.shape[1] != H or hidden.dtype != dtype:
-            raise e.error(f"hidden must be a {dtype} array of shape (B, {H}), got {hidden.dtype} {hidden.shape}")
+        if not _hidden_fits(hidden.shape, L * dirs, H) or hidden.dtype != dtype:
+            raise e.error(f"hidden must be a {dtype} array of shape {_hidden_shape(L * dirs, H)}, "
+                          f"got {hidden.dtype} {hidden.shape}")
         if not np.all(np.isfinite(hidden)):
             raise e.error("hidden holds non-finite values")
 
@@ -281,6 +323,30 @@ def _read_checkpoint(e):
         except (ValueError, TypeError) as exc:
             raise e.error(f"bad optimizer state: {exc}") from None
     return Checkpoint(model, optimizer, step, hidden)
+
+
+def _layers_config(e, version):
+    """(num_layers, num_directions, dropout); a version-1 file has one layer and direction."""
+    keys = ("config/num_layers", "config/bidirectional", "config/dropout")
+    if version == 1:
+        present = [k for k in keys if k in e.names]
+        if present:
+            raise e.error(f"entries {present} are not part of format version 1")
+        return 1, 1, 0.0
+    L = e.scalar("config/num_layers", "iu")
+    if L < 1:
+        raise e.error(f"config/num_layers must be >= 1, got {L}")
+    dirs = 2 if e.scalar("config/bidirectional", "b") else 1
+    # every layer and direction has at least U and W: a count the file's
+    # entries cannot back is refused before any per-layer work
+    n_params = sum(1 for n in e.names if n.startswith("param/"))
+    if 2 * L * dirs + 1 > n_params:
+        raise e.error(f"config/num_layers={L} (bidirectional={dirs == 2}) needs at least "
+                      f"{2 * L * dirs + 1} parameters, but the file holds {n_params}")
+    dropout = e.scalar("config/dropout", "f")
+    if not 0.0 <= dropout < 1.0:
+        raise e.error(f"config/dropout must be in [0, 1), got {dropout}")
+    return L, dirs, float(dropout)
 
 
 def load(path):
