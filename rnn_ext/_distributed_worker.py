@@ -18,9 +18,17 @@ target counts and the flat gradient buffers) and concatenates their
 per-shard pieces in shard order, so a tree of ``combine`` tasks reduces the
 shards to one result.
 
-Parameters travel as one flat buffer (:meth:`ModelSpec.pack`), gradients
-come back the same way; a worker keeps one model per shard (or per thread,
-for one-off calls) and copies each step's parameters into it.
+Parameters travel as one flat buffer, the model's own ``flat`` layout
+(:meth:`ModelSpec.pack`), and gradients come back the same way (the
+worker's ``g.flat``, as the kernel wrote it); a worker keeps one model per
+shard (or per thread, for one-off calls) and copies each step's parameters
+into it.  Hidden states are (L*dirs, b, H) for stacked or bidirectional
+models, (b, H) for one layer and direction, as the Trainer carries them.
+
+With dropout, each shard draws its masks from its own seed
+(:func:`shard_seed`): a single shard uses the step's seed itself, so its
+numbers are the one-process call's; several shards draw other masks of the
+same distribution (reproducible for a given number of shards).
 """
 
 from __future__ import annotations
@@ -37,6 +45,18 @@ from dask.sizeof import sizeof
 STORED = "stored"
 
 
+def shard_seed(seed: int | None, index: int, shards: int) -> int | None:
+    """The dropout seed of shard ``index`` of ``shards`` in a pass seeded ``seed``:
+    ``seed`` itself for one shard, else a child of its SeedSequence (spawn key (index,))."""
+    if seed is None or shards == 1:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0])
+
+
+def _train_kwargs(dropout_seed: int | None, train: bool) -> dict:
+    return {} if not train else {"train": True, "seed": dropout_seed}
+
+
 class StaleShardState(RuntimeError):
     """The worker's state for a shard is not the one the step asks for (re-seed it)."""
 
@@ -45,8 +65,11 @@ class StaleShardState(RuntimeError):
 class ModelSpec:
     """An RNN's configuration and parameter layout: enough to rebuild it anywhere.
 
-    Workers always build the time-major form (``batch_first=False``); the
-    client lays inputs and outputs out as the user's model expects.
+    ``names``, ``shapes`` and ``offsets`` place each parameter, by the
+    model's names (``model.parameters()``), in its one flat buffer
+    (``model.flat``).  Workers always build the time-major form
+    (``batch_first=False``); the client lays inputs and outputs out as the
+    user's model expects.
     """
 
     input_size: int
@@ -57,43 +80,59 @@ class ModelSpec:
     dtype: str
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    offsets: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, model: Any) -> ModelSpec:
         params = model.parameters()
+        flat = model.flat
+        base, item = flat.__array_interface__["data"][0], flat.itemsize
+        offsets = []
+        for name, p in params.items():
+            at, rem = divmod(p.__array_interface__["data"][0] - base, item)
+            if rem or not (0 <= at and at + p.size <= flat.size) or not p.flags.c_contiguous:
+                raise ValueError(f"parameter {name!r} is not a contiguous view into the model's flat buffer")
+            offsets.append(at)
         return cls(model.input_size, model.hidden_size, model.output_size, bool(model.bias),
                    str(model.nonlinearity), np.dtype(model.dtype).name, tuple(params),
-                   tuple(p.shape for p in params.values()))
+                   tuple(p.shape for p in params.values()), int(model.num_layers),
+                   bool(model.bidirectional), float(model.dropout), tuple(int(o) for o in offsets))
 
     @property
     def size(self) -> int:
         """Number of parameters: the length of a packed buffer."""
         return sum(int(np.prod(s)) for s in self.shapes)
 
+    @property
+    def states(self) -> int:
+        """L*dirs: the number of layer-directions, each with its own hidden state."""
+        return self.num_layers * (2 if self.bidirectional else 1)
+
     def build(self) -> Any:
         from .model import RNN
 
-        return RNN(self.input_size, self.hidden_size, self.output_size, bias=self.bias,
+        return RNN(self.input_size, self.hidden_size, self.output_size, num_layers=self.num_layers,
+                   bidirectional=self.bidirectional, dropout=self.dropout, bias=self.bias,
                    nonlinearity=self.nonlinearity, dtype=self.dtype, seed=0)
 
-    def pack(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """The arrays (parameters or their gradients) as one flat buffer, in ``names`` order."""
-        return np.concatenate([np.ravel(arrays[n]) for n in self.names]).astype(self.dtype, copy=False)
+    def pack(self, model: Any) -> np.ndarray:
+        """The model's parameters as one flat buffer: a copy of ``model.flat``."""
+        return np.array(model.flat, dtype=self.dtype, copy=True)
 
     def unpack(self, buf: np.ndarray) -> dict[str, np.ndarray]:
-        """Views into a packed buffer, by name."""
-        out, i = {}, 0
-        for name, shape in zip(self.names, self.shapes):
+        """Views into a flat buffer (parameters or their gradients), by name."""
+        out = {}
+        for name, shape, at in zip(self.names, self.shapes, self.offsets):
             n = int(np.prod(shape))
-            out[name] = buf[i : i + n].reshape(shape)
-            i += n
+            out[name] = buf[at : at + n].reshape(shape)
         return out
 
     def load(self, model: Any, buf: np.ndarray) -> Any:
-        """Copy a packed parameter buffer into ``model``'s own arrays."""
-        live = model.parameters()
-        for name, value in self.unpack(buf).items():
-            live[name][...] = value
+        """Copy a flat parameter buffer into ``model``'s own."""
+        model.flat[...] = buf
         return model
 
 
@@ -145,19 +184,21 @@ def _model_for(spec: ModelSpec) -> Any:
 
 
 def shard_loss_and_grad(spec: ModelSpec, params: np.ndarray, shard: tuple,
-                        ignore_index: int, reduction: str = "sum") -> Partial:
+                        ignore_index: int, reduction: str = "sum", train: bool = False,
+                        dropout_seed: int | None = None) -> Partial:
     """``loss_and_grad`` on one shard.
 
     shard is ``(x, y, h0, lengths)``, time-major and batched: x (T, b) ids or
-    (T, b, D), y (T, b) or (T, b, K), h0 (b, H), lengths (b,) or None.
+    (T, b, D), y (T, b) or (T, b, K), h0 (L*dirs, b, H), lengths (b,) or None.
     ``reduction`` is "sum" when the shards are added afterwards; a batch in
     one shard gets the caller's own (the single-process call, bit for bit).
+    The piece is ``(h_n, dh0, dx)``, h_n and dh0 of shape (L*dirs, b, H).
     """
     x, y, h0, lengths = shard
     model = spec.load(_model_for(spec), params)
     loss, g = model.loss_and_grad(x, y, h0=h0, lengths=lengths, reduction=reduction,
-                                  ignore_index=ignore_index)
-    return Partial(loss, 0, spec.pack(g.parameters()), [(g.h_last, g.h0, g.x)])
+                                  ignore_index=ignore_index, **_train_kwargs(dropout_seed, train))
+    return Partial(loss, 0, g.flat, [(g.h_n, g.h0, g.x)])
 
 
 # -- training shards ----------------------------------------------------------
@@ -209,13 +250,16 @@ def _store() -> dict:
 
 
 def shard_train_step(shard: TrainShard, params: np.ndarray, step: int, chunk: int,
-                     h0: Any, reduction: str = "sum") -> Partial:
+                     h0: Any, reduction: str = "sum", train: bool = False,
+                     dropout_seed: int | None = None) -> Partial:
     """One truncated-BPTT step on a shard (``reduction`` as in :func:`shard_loss_and_grad`).
 
     Reads chunk ``chunk`` of the shard's streams and starts from ``h0``:
     :data:`STORED` continues from the state this worker kept after step
-    ``step - 1``; an array (b, H) or None (zeros) re-seeds it (a new run,
-    or a retry after a fault).  At chunk 0 (a new pass) the state is zeros
+    ``step - 1``; an array ((b, H), or (L*dirs, b, H) for a stacked model) or
+    None (zeros) re-seeds it (a new run, or a retry after a fault).
+    ``train=True`` applies dropout with masks drawn from ``dropout_seed``
+    (from :func:`shard_seed`).  At chunk 0 (a new pass) the state is zeros
     whatever ``h0`` says, as in :meth:`rnn_ext.training.Trainer.train_step`.
     The shard's new state stays here; a copy goes back as the one piece.
     """
@@ -241,9 +285,10 @@ def shard_train_step(shard: TrainShard, params: np.ndarray, step: int, chunk: in
         h = h0
     x, y = next(iter_chunks(shard.streams, shard.seq_len, start=chunk))
     model = shard.spec.load(state.model, params)
-    loss, g = model.loss_and_grad(x, y, h0=h, reduction=reduction)
-    state.h, state.steps = g.h_last, step + 1
-    return Partial(loss, x.size, shard.spec.pack(g.parameters()), [g.h_last])
+    loss, g = model.loss_and_grad(x, y, h0=h, reduction=reduction,
+                                  **_train_kwargs(dropout_seed, train))
+    state.h, state.steps = (g.h_n if shard.spec.states > 1 else g.h_last), step + 1
+    return Partial(loss, x.size, g.flat, [state.h])
 
 
 def shard_evaluate(shard: TrainShard, params: np.ndarray) -> Partial:

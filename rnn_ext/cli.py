@@ -1,7 +1,8 @@
 """The ``rnn-ext`` command (also ``python -m rnn_ext``).
 
-    rnn-ext train [TEXTFILE] [--hidden 128 --seq-len 25 --batch 32 --steps 2000
-                  --optimizer adam --lr 2e-3 --clip 5 --out model.npz --seed 0 --plot loss.png]
+    rnn-ext train [TEXTFILE] [--hidden 128 --layers 1 --dropout 0 --seq-len 25 --batch 32
+                  --steps 2000 --optimizer adam --lr 2e-3 --clip 5 --out model.npz --seed 0
+                  --plot loss.png]
     rnn-ext sample MODEL [--length 500 --temperature 0.8 --prime "The " --seed 1]
 
 Without TEXTFILE, ``train`` uses CPython's documentation topics
@@ -104,6 +105,9 @@ def add_train_arguments(p):
     p.add_argument("textfile", nargs="?", help="UTF-8 text to learn (default: CPython's pydoc topics)")
     model = p.add_argument_group("model")
     model.add_argument("--hidden", type=_positive_int, default=128, help="hidden size (default 128)")
+    model.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers (default 1)")
+    model.add_argument("--dropout", type=_fraction, default=0.0,
+                       help="dropout between layers in training, in [0, 1); needs --layers >= 2 (default 0)")
     model.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="parameter dtype (default float32)")
     model.add_argument("--seed", type=_nonnegative_int, default=0, help="initialization seed (default 0)")
@@ -218,9 +222,13 @@ def trainer_options(args):
     """The ``train`` options as keyword arguments of :class:`rnn_ext.training.Trainer`."""
     import numpy as np
 
+    if args.dropout and args.layers == 1:
+        raise CLIError(f"--dropout {args.dropout:g} acts between layers: it needs --layers 2 or more")
+
     return dict(hidden=args.hidden, seq_len=args.seq_len, batch=args.batch, optimizer=args.optimizer,
                 lr=args.lr, clip=args.clip or None, clip_norm=args.clip_norm,
-                val_fraction=args.val_fraction, seed=args.seed, dtype=np.dtype(args.dtype))
+                val_fraction=args.val_fraction, seed=args.seed, dtype=np.dtype(args.dtype),
+                num_layers=args.layers, dropout=args.dropout)
 
 
 def make_trainer(args, text):

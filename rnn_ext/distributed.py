@@ -20,10 +20,11 @@ How :func:`train` moves data
 ----------------------------
 - The training streams are split once by columns (``Trainer.streams[:, lo:hi]``)
   and each shard is scattered to one worker, where it stays.
-- Every step sends the parameters out (one flat buffer, scattered to one
-  worker and copied by the others from it) and gets one summed gradient
-  buffer back (plus the shards' new hidden states, B x H, which the client
-  keeps as ``trainer.h`` for checkpoints and for recovery).
+- Every step sends the parameters out (one flat buffer, the model's
+  ``flat``, scattered to one worker and copied by the others from it) and
+  gets one summed gradient buffer back, laid out like ``flat`` (plus the
+  shards' new hidden states, every layer's: (L*dirs) x B x H, which the
+  client keeps as ``trainer.h`` for checkpoints and for recovery).
 - The hidden state carried between chunks lives on each shard's worker,
   keyed by the run's id.  The optimizer, clipping, validation and history are
   :class:`rnn_ext.training.Trainer`'s own, on the client.
@@ -49,6 +50,16 @@ Adam's first steps are +-lr for every entry, so an entry whose gradient is at
 rounding level may step the other way).  With one shard (one worker, or one
 sequence) the worker makes the single-process call itself: bit for bit the
 same.  See docs/scaling.md.
+
+Stacked and bidirectional models
+--------------------------------
+Any model works: h0 is cut along the batch axis of (L*dirs, B, H), and h_n
+and dL/dh0 are put back together along it, so results equal one process's
+as above.  (Training refuses bidirectional models, as the Trainer does.)
+With dropout, one shard uses the caller's (or the step's) seed and gives the
+one-process numbers; several shards each draw their own masks, from that
+seed and the shard's index: reproducible for a given number of shards, the
+same distribution as one process, not the same numbers.
 """
 
 from __future__ import annotations
@@ -80,10 +91,11 @@ from ._distributed_worker import (
     drop_run,
     shard_evaluate,
     shard_loss_and_grad,
+    shard_seed,
     shard_train_step,
 )
 from ._results import Gradients
-from ._validation import check_batch, check_ignore_index, check_reduction
+from ._validation import check_batch, check_flag, check_ignore_index, check_reduction, check_seed
 from .training import Trainer
 
 __all__ = [
@@ -253,7 +265,8 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = None,
-                  reduction: str = "sum", ignore_index: int = -100, *, client: Any = None):
+                  reduction: str = "sum", ignore_index: int = -100, *, train: bool = False,
+                  seed: int | None = None, client: Any = None):
     """``model.loss_and_grad`` with the batch split across a Dask cluster's workers.
 
     Arguments and result are those of :meth:`rnn_ext.RNN.loss_and_grad`.  The
@@ -261,15 +274,17 @@ def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = Non
     is smaller); each worker rebuilds the model from one flat parameter
     buffer and returns its shard's summed loss and gradients, which a tree of
     pairwise sums on the workers adds.  ``reduction="mean"`` divides the
-    total by the number of targets counted over the whole batch.  h_last,
+    total by the number of targets counted over the whole batch.  h_last, h_n,
     ``g.h0`` and ``g.x`` are put back together in the batch's order.
 
     Parameters
     ----------
     model : RNN
-    x, y, h0, lengths, reduction, ignore_index
+        Any number of layers and directions.
+    x, y, h0, lengths, reduction, ignore_index, train, seed
         As in :meth:`rnn_ext.RNN.loss_and_grad` (validated here, before
-        anything is sent).
+        anything is sent).  With dropout and several shards, each shard draws
+        its own masks (see the module docstring).
     client : distributed.Client, optional
         Default: the current default client.
 
@@ -281,11 +296,14 @@ def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = Non
     client = _client(client)
     reduction = check_reduction(reduction)
     ignore_index = check_ignore_index(ignore_index)
+    train = check_flag("train", train)
+    seed = check_seed(seed)
     if y is None:
         raise TypeError("y (the targets) is required, got None")
+    L, dirs = model.num_layers, model.num_directions
     batch = check_batch(x, y, h0, lengths, D=model.input_size, H=model.hidden_size,
                         K=model.output_size, dtype=model.dtype, batch_first=model.batch_first,
-                        ignore_index=ignore_index)
+                        ignore_index=ignore_index, Ld=L * dirs)
     T, B = batch.T, batch.B
     spec = ModelSpec.of(model)
     # the kernel's flat time-major arrays, (T*B, ...), back to (T, B, ...) to cut along B
@@ -297,18 +315,21 @@ def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = Non
 
     def shard(lo: int, hi: int) -> tuple:
         return (np.ascontiguousarray(xs[:, lo:hi]), np.ascontiguousarray(ys[:, lo:hi]),
-                batch.h0[0, lo:hi], None if batch.lengths is None else batch.lengths[lo:hi])
+                np.ascontiguousarray(batch.h0[:, lo:hi]),
+                None if batch.lengths is None else batch.lengths[lo:hi])
 
     last: BaseException | None = None
     for _ in range(RETRIES + 1):
         bounds = _split(B, len(_workers(client)))
         try:
-            params = client.scatter(spec.pack(model.parameters()), direct=True, hash=False)
+            params = client.scatter(spec.pack(model), direct=True, hash=False)
             data = client.scatter([shard(lo, hi) for lo, hi in bounds], direct=True, hash=False)
             # one shard: the caller's reduction on the worker, the local call exactly
             whole = len(bounds) == 1
             parts = [client.submit(shard_loss_and_grad, spec, params, d, ignore_index,
-                                   reduction if whole else "sum", pure=False) for d in data]
+                                   reduction if whole else "sum", train,
+                                   shard_seed(seed, i, len(bounds)), pure=False)
+                     for i, d in enumerate(data)]
             result = client.gather(_tree_sum(client, parts), direct=True)
             break
         except _LOST as exc:
@@ -320,22 +341,29 @@ def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = Non
     scale = (1.0 / batch.count if batch.count else 0.0) if mean else 1.0
     loss = result.loss * scale if mean else result.loss
     grad = _writable(result.grad)
-    h_last = np.concatenate([p[0] for p in result.pieces], axis=0)
-    dh0 = np.concatenate([p[1] for p in result.pieces], axis=0)
+    # (L*dirs, b, H) pieces, joined along the batch axis
+    h_n = np.concatenate([p[0] for p in result.pieces], axis=1)
+    dh0 = np.concatenate([p[1] for p in result.pieces], axis=1)
     dx = np.concatenate([p[2] for p in result.pieces], axis=1) if batch.xf is not None else None
     if mean:
         grad *= scale
         dh0 *= scale
         if dx is not None:
             dx *= scale
+    h_last = h_n[(L - 1) * dirs]  # the top layer's forward direction
     if not batch.batched:
-        h_last, dh0 = h_last[0], dh0[0]
+        h_n, h_last, dh0 = h_n[:, 0], h_last[0], dh0[:, 0]
         dx = dx[:, 0] if dx is not None else None
     elif model.batch_first and dx is not None:
         dx = np.ascontiguousarray(dx.swapaxes(0, 1))
+    if L * dirs == 1 and not (h0 is not None and np.ndim(h0) == dh0.ndim):
+        dh0 = dh0[0]  # shaped like the h0 given: (B, H) or (H,) for one layer and direction
     g = spec.unpack(grad)
-    return float(loss), Gradients(U=g["U"], W=g["W"], V=g["V"], b=g.get("b"), c=g.get("c"),
-                                  h0=dh0, x=dx, h_last=h_last)
+    legacy = "U" in g
+    return float(loss), Gradients(
+        U=g["U" if legacy else "U_l0"], W=g["W" if legacy else "W_l0"], V=g["V"],
+        b=g.get("b" if legacy else "b_l0"), c=g.get("c"), h0=dh0, x=dx, h_last=h_last, h_n=h_n,
+        flat=grad, named=g)
 
 
 # -- training -----------------------------------------------------------------
@@ -444,7 +472,7 @@ class DistributedTrainer(Trainer):
             try:
                 if last is not None or any(f.status != "finished" for f in self._data):
                     self._recover()
-                buf = self._spec.pack(self.model.parameters())
+                buf = self._spec.pack(self.model)
                 params = self.client.scatter(buf, direct=True, hash=False)
                 self.traffic["sent"] += buf.nbytes
                 parts = [submit(i, d, w, params)
@@ -475,18 +503,21 @@ class DistributedTrainer(Trainer):
         Trainer's own call, so the step is the local one bit for bit.
         """
         whole = len(self._bounds) == 1
+        drop = self._train_kwargs()
+        axis = 1 if self._spec.states > 1 else 0  # the batch axis of the carried state
 
         def submit(i: int, data: Any, worker: str, params: Any) -> Any:
             h0: Any
             if self._reseed and self.h is not None:
                 lo, hi = self._bounds[i]
-                h0 = np.ascontiguousarray(self.h[lo:hi])
+                h0 = np.ascontiguousarray(self.h[:, lo:hi] if axis else self.h[lo:hi])
                 self.traffic["sent"] += h0.nbytes
             else:
                 h0 = None if self._reseed else STORED
             return self.client.submit(shard_train_step, data, params, self.step, index, h0,
-                                      self.reduction if whole else "sum", workers=[worker],
-                                      allow_other_workers=False, pure=False)
+                                      self.reduction if whole else "sum", bool(drop),
+                                      shard_seed(drop.get("seed"), i, len(self._bounds)),
+                                      workers=[worker], allow_other_workers=False, pure=False)
 
         result = self._on_shards(submit)
         self._reseed = False
@@ -499,7 +530,7 @@ class DistributedTrainer(Trainer):
         grad = _writable(result.grad)
         if scale != 1.0:
             grad *= scale
-        return loss, self._spec.unpack(grad), np.concatenate(result.pieces, axis=0), count
+        return loss, self._spec.unpack(grad), np.concatenate(result.pieces, axis=axis), count
 
     def evaluate(self, split: str = "val") -> float | None:
         """As :meth:`Trainer.evaluate`; ``"train"`` runs on the shards, where the streams are."""

@@ -5,15 +5,27 @@ A file is a plain NumPy ``.npz`` archive, read back with
 
 =====================  ======================================================
 ``format``             the string ``"rnn_ext"``
-``format_version``     int, currently 1
-``config/<name>``      input_size, hidden_size, output_size (int), bias,
-                       batch_first (bool), nonlinearity, dtype (str)
-``param/<name>``       U, W, V (and b, c with a bias), in the model's dtype
+``format_version``     int, currently 2 (files of version 1 load too)
+``config/<name>``      input_size, hidden_size, output_size, num_layers (int),
+                       bias, batch_first, bidirectional (bool), dropout
+                       (float), nonlinearity, dtype (str)
+``param/<name>``       the model's parameters by ``model.parameters()``'s
+                       names, in the model's dtype: U, W, V (and b, c with a
+                       bias) for one layer and one direction; U_l0, W_l0,
+                       b_l0, ..., U_l1_reverse, ..., V, c otherwise
 ``vocab``              optional: the characters' code points, int32 (K,)
 ``optimizer/<key>``    optional: ``Optimizer.state_dict()`` entries
 ``step``               optional: optimizer steps done, int
-``hidden``             optional: hidden state carried by truncated BPTT, (B, H)
+``hidden``             optional: hidden state carried by truncated BPTT,
+                       (L*dirs, B, H), or (B, H) for one layer and direction
 =====================  ======================================================
+
+Version 2 added ``config/num_layers``, ``config/bidirectional`` and
+``config/dropout`` (and the layer's parameter names they call for).  A
+version-1 file (written before stacked and bidirectional models) has none
+of them and is read as one layer, one direction, no dropout; versions of
+rnn_ext that read only version 1 refuse a version-2 file by its version
+rather than by a missing entry.
 
 Any other entry is refused: a file holding one was not written by this
 version of rnn_ext, and ignoring it could drop something the writer meant.
@@ -41,17 +53,20 @@ from collections import namedtuple
 import numpy as np
 
 from . import optim
+from ._layout import head_layout, recurrent_layout
 from ._signals import deferred
 from .model import RNN
 from .text import Vocab
 
 __all__ = ["save", "load", "load_checkpoint", "check_writable", "Checkpoint", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READS = (1, 2)  # format versions this rnn_ext reads
 _MAGIC = "rnn_ext"
 _DTYPES = ("float32", "float64")
 _NONLINEARITIES = ("tanh", "relu")
-_CONFIG = ("input_size", "hidden_size", "output_size", "bias", "batch_first", "nonlinearity", "dtype")
+_CONFIG = ("input_size", "hidden_size", "output_size", "num_layers", "bidirectional", "dropout",
+           "bias", "batch_first", "nonlinearity", "dtype")
 _KNOWN = {"format", "format_version", "vocab", "step", "hidden", *(f"config/{k}" for k in _CONFIG)}
 
 Checkpoint = namedtuple("Checkpoint", ["model", "optimizer", "step", "hidden"])
@@ -60,7 +75,7 @@ Checkpoint.__doc__ = """A loaded file.
 model : RNN (with ``.vocab`` when one was saved)
 optimizer : rnn_ext.optim.Optimizer bound to ``model``, or None
 step : int or None
-hidden : ndarray of shape (B, H), or None
+hidden : ndarray of shape (L*dirs, B, H) (or (B, H) as saved for one layer and direction), or None
 """
 
 
@@ -80,8 +95,9 @@ def save(model, path, *, optimizer=None, step=None, hidden=None):
         Its ``state_dict()`` is stored.
     step : int >= 0, optional
         Number of optimizer steps taken.
-    hidden : ndarray of shape (B, H), optional
-        Hidden state carried between truncated-BPTT chunks, in the model's dtype.
+    hidden : ndarray of shape (L*dirs, B, H), optional
+        Hidden state carried between truncated-BPTT chunks, every layer's
+        (``h_n``); (B, H) is also accepted for one layer and one direction.
 
     Raises
     ------
@@ -101,6 +117,9 @@ def save(model, path, *, optimizer=None, step=None, hidden=None):
         "config/input_size": np.array(model.input_size, dtype=np.int64),
         "config/hidden_size": np.array(model.hidden_size, dtype=np.int64),
         "config/output_size": np.array(model.output_size, dtype=np.int64),
+        "config/num_layers": np.array(model.num_layers, dtype=np.int64),
+        "config/bidirectional": np.array(bool(model.bidirectional)),
+        "config/dropout": np.array(model.dropout, dtype=np.float64),
         "config/bias": np.array(bool(model.bias)),
         "config/batch_first": np.array(bool(model.batch_first)),
         "config/nonlinearity": np.array(str(model.nonlinearity)),
@@ -162,6 +181,27 @@ def check_writable(path):
         raise _naming(exc, path) from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def _hidden_fits(shape, Ld, H):
+    """(Ld, B, H), or (B, H) when there is one layer and one direction."""
+    return ((len(shape) == 3 and shape[0] == Ld and shape[2] == H)
+            or (Ld == 1 and len(shape) == 2 and shape[1] == H))
+
+
+def _hidden_shape(Ld, H):
+    return f"({Ld}, B, {H})" + (f" or (B, {H})" if Ld == 1 else "")
+
+
+def _param_shapes(D, H, K, L, dirs, bias):
+    """{name: shape} of the parameters of a model of this configuration,
+    named as its ``parameters()`` names them."""
+    if L == 1 and dirs == 1:
+        shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
+        if bias:
+            shapes.update(b=(H,), c=(K,))
+        return shapes
+    return dict((recurrent_layout(D, H, L, dirs, bias) + head_layout(dirs * H, K, bias)).entries())
 
 
 def _atomic_savez(path, arrays):
@@ -285,8 +325,8 @@ def _parse(e):
     if fmt.dtype.kind != "U" or fmt.ndim != 0 or fmt.item() != _MAGIC:
         raise e.error("not an rnn_ext model file (bad 'format' entry)")
     version = e.scalar("format_version", "iu")
-    if version != FORMAT_VERSION:
-        raise e.error(f"unknown format version {version}; this rnn_ext reads version {FORMAT_VERSION}")
+    if version not in _READS:
+        raise e.error(f"unknown format version {version}; this rnn_ext reads versions {_READS}")
 
     cfg = {}
     for key in ("input_size", "hidden_size", "output_size"):
@@ -304,19 +344,11 @@ def _parse(e):
     if dtype_name not in _DTYPES:
         raise e.error(f"config/dtype must be one of {_DTYPES}, got {dtype_name!r}")
     dtype = cfg["dtype"] = np.dtype(dtype_name)
+    L, dirs, dropout = _layers_config(e, version)
+    cfg.update(num_layers=L, bidirectional=dirs == 2, dropout=dropout)
 
     D, H, K = cfg["input_size"], cfg["hidden_size"], cfg["output_size"]
-    shapes = {"U": (H, D), "W": (H, H), "V": (K, H)}
-    if cfg["bias"]:
-        shapes.update(b=(H,), c=(K,))
-    extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
-    if extra:
-        raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}")
-    unknown = sorted(n for n in e.names
-                     if n not in _KNOWN and not n.startswith(("param/", "optimizer/")))
-    if unknown:
-        raise e.error(f"unexpected entries {unknown}; this rnn_ext reads format version "
-                      f"{FORMAT_VERSION}, which has none of that name")
+    shapes = _param_shapes(D, H, K, L, dirs, cfg["bias"])
     params = {}
     for name, shape in shapes.items():
         a = e.get(f"param/{name}")
@@ -327,6 +359,15 @@ def _parse(e):
         if not np.all(np.isfinite(a)):
             raise e.error(f"param/{name} holds non-finite values (NaN or infinity)")
         params[name] = a
+    extra = sorted(n[len("param/"):] for n in e.names if n.startswith("param/") and n[len("param/"):] not in shapes)
+    if extra:
+        raise e.error(f"unexpected parameters {extra} for a model with bias={cfg['bias']}, "
+                      f"num_layers={L}, bidirectional={dirs == 2}")
+    unknown = sorted(n for n in e.names
+                     if n not in _KNOWN and not n.startswith(("param/", "optimizer/")))
+    if unknown:
+        raise e.error(f"unexpected entries {unknown}; this rnn_ext reads format version "
+                      f"{FORMAT_VERSION}, which has none of that name")
 
     vocab = None
     cps = e.get("vocab", required=False)
@@ -344,8 +385,9 @@ def _parse(e):
 
     hidden = e.get("hidden", required=False)
     if hidden is not None:
-        if hidden.ndim != 2 or hidden.shape[1] != H or hidden.dtype != dtype:
-            raise e.error(f"hidden must be a {dtype} array of shape (B, {H}), got {hidden.dtype} {hidden.shape}")
+        if not _hidden_fits(hidden.shape, L * dirs, H) or hidden.dtype != dtype:
+            raise e.error(f"hidden must be a {dtype} array of shape {_hidden_shape(L * dirs, H)}, "
+                          f"got {hidden.dtype} {hidden.shape}")
         if not np.all(np.isfinite(hidden)):
             raise e.error("hidden holds non-finite values (NaN or infinity)")
 
@@ -368,13 +410,38 @@ def _optimizer(model, state, e):
 
 def _build(parsed, e):
     cfg = parsed.config
-    model = RNN(cfg["input_size"], cfg["hidden_size"], cfg["output_size"], bias=cfg["bias"],
-                nonlinearity=cfg["nonlinearity"], dtype=cfg["dtype"], batch_first=cfg["batch_first"])
-    for name, a in parsed.params.items():
-        setattr(model, name, a)
+    model = RNN(cfg["input_size"], cfg["hidden_size"], cfg["output_size"],
+                num_layers=cfg["num_layers"], bidirectional=cfg["bidirectional"],
+                dropout=cfg["dropout"], bias=cfg["bias"], nonlinearity=cfg["nonlinearity"],
+                dtype=cfg["dtype"], batch_first=cfg["batch_first"])
+    model.set_params(parsed.params)
     model.vocab = parsed.vocab
     optimizer = None if parsed.optimizer_state is None else _optimizer(model, parsed.optimizer_state, e)
     return Checkpoint(model, optimizer, parsed.step, parsed.hidden)
+
+
+def _layers_config(e, version):
+    """(num_layers, num_directions, dropout); a version-1 file has one layer and direction."""
+    keys = ("config/num_layers", "config/bidirectional", "config/dropout")
+    if version == 1:
+        present = [k for k in keys if k in e.names]
+        if present:
+            raise e.error(f"entries {present} are not part of format version 1")
+        return 1, 1, 0.0
+    L = e.scalar("config/num_layers", "iu")
+    if L < 1:
+        raise e.error(f"config/num_layers must be >= 1, got {L}")
+    dirs = 2 if e.scalar("config/bidirectional", "b") else 1
+    # every layer and direction has at least U and W: a count the file's
+    # entries cannot back is refused before any per-layer work
+    n_params = sum(1 for n in e.names if n.startswith("param/"))
+    if 2 * L * dirs + 1 > n_params:
+        raise e.error(f"config/num_layers={L} (bidirectional={dirs == 2}) needs at least "
+                      f"{2 * L * dirs + 1} parameters, but the file holds {n_params}")
+    dropout = e.scalar("config/dropout", "f")
+    if not 0.0 <= dropout < 1.0:
+        raise e.error(f"config/dropout must be in [0, 1), got {dropout}")
+    return L, dirs, float(dropout)
 
 
 def load(path):

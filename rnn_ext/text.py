@@ -252,9 +252,9 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
     new character is drawn from ``softmax(z / temperature)`` and fed back
     with the carried hidden state.  Equivalent to::
 
-        h = forward(prime).h_last
+        state = forward(prime).h_n;  h = state[-1]       # every layer's; the top one's
         for _ in range(length):
-            z = V h + c;  ch ~ softmax(z / temperature);  h = step(ch, h)
+            z = V h + c;  ch ~ softmax(z / temperature);  state = step(ch, state)
 
     The softmax is computed in float64 as ``exp((z - max z) / temperature)``,
     so any temperature > 0 gives a proper distribution, approaching greedy
@@ -263,7 +263,8 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
     Parameters
     ----------
     model : RNN
-        Trained with ``input_size == output_size == len(vocab)``.
+        Trained with ``input_size == output_size == len(vocab)``; one
+        direction, any number of layers (every layer's state is carried).
     vocab : Vocab, optional
         Defaults to ``model.vocab``.
     prime : str
@@ -291,6 +292,9 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
             raise ValueError("the model has no vocabulary; pass vocab=")
     if not isinstance(vocab, Vocab):
         raise TypeError(f"vocab must be a Vocab, got {type(vocab).__name__}")
+    if getattr(model, "bidirectional", False):
+        raise ValueError("cannot sample from a bidirectional model: its reverse direction reads "
+                         "characters that are not written yet")
     k = len(vocab)
     if model.input_size != k or model.output_size != k:
         raise ValueError(
@@ -312,7 +316,8 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
 
     context = prime or ("\n" if "\n" in vocab else vocab.chars[0])
     ids = vocab.encode(context)
-    h = model.forward(_batch1(ids, model.batch_first)).h_last  # (1, H)
+    fwd = model.forward(_batch1(ids, model.batch_first))
+    h, state = fwd.h_last, fwd.h_n  # the top layer's (1, H); every layer's (L, 1, H)
     # z = V h + c in float64; the parameters do not change while sampling
     VT = model.V.T.astype(np.float64)
     c = None if model.c is None else model.c.astype(np.float64)
@@ -333,5 +338,6 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
         out[i] = nxt
         if i + 1 < length:
             x[0, 0] = nxt
-            h = model.forward(x, h0=h).h_last
+            fwd = model.forward(x, h0=state)
+            h, state = fwd.h_last, fwd.h_n
     return vocab.decode(out)

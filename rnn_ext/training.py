@@ -5,16 +5,21 @@ The text is encoded with a :class:`~rnn_ext.text.Vocab`; its last
 ``batch`` parallel streams (:func:`~rnn_ext.text.batchify`) that are read
 ``seq_len`` characters at a time.  Each step runs ``loss_and_grad`` on one
 chunk starting from the hidden state the previous chunk ended in
-(``g.h_last``), clips the gradients and takes one optimizer step; gradients do
-not flow back across chunk boundaries.  The hidden state is reset to zeros at
-the start of every pass over the text.
+(every layer's, ``g.h_n``; ``g.h_last`` for one layer), clips the gradients
+and takes one optimizer step; gradients do not flow back across chunk
+boundaries.  The hidden state is reset to zeros at the start of every pass
+over the text.  Models may be stacked (``num_layers``) with dropout between
+the layers; bidirectional models are refused, since their reverse direction
+would read the characters they are asked to predict.
 
 Losses are reported in bits per character: the mean cross-entropy over the
 chunk's B*T targets (natural log) divided by ln 2.
 
 Nothing here draws random numbers except the model's initialization (from
-``seed``), so the same arguments give bit-identical results on the same
-machine and thread count.
+``seed``) and, with dropout, each step's masks, drawn from a seed derived
+from ``seed`` and the step's number (so a resumed run draws the masks the
+uninterrupted one would); the same arguments give bit-identical results on
+the same machine and thread count.  Evaluation runs without dropout.
 
 A step changes the trainer's state all at once or not at all: the gradient
 pass, the clipping, the optimizer update, the step counter, the carried
@@ -58,7 +63,7 @@ from .io import save
 from .model import RNN
 from .text import Vocab, batchify, num_chunks
 
-__all__ = ["train", "Trainer", "History", "StepInfo", "evaluate", "training_bytes"]
+__all__ = ["train", "Trainer", "History", "StepInfo", "evaluate", "step_seed", "training_bytes"]
 
 # per-parameter state arrays each optimizer keeps, for training_bytes
 _SLOTS = {"adam": 2, "adagrad": 1, "sgd": 1}
@@ -139,6 +144,30 @@ def _time_major(model, a):
     return np.ascontiguousarray(a.T) if model.batch_first else a
 
 
+def _refuse_bidirectional(model):
+    if getattr(model, "bidirectional", False):
+        raise ValueError(
+            "a bidirectional model cannot be trained or evaluated as a truncated-BPTT language model: "
+            "its reverse direction would read the characters it is asked to predict "
+            "(use bidirectional=False; num_layers may be > 1)")
+
+
+def _carried(model, g):
+    """The state the next chunk starts from: every layer's h_n (L, B, H), or
+    h_last (B, H) for one layer (the seed's form)."""
+    return g.h_n if model.num_layers * model.num_directions > 1 else g.h_last
+
+
+def step_seed(seed, step):
+    """The dropout seed of training step ``step`` (counted from 0) of a run seeded ``seed``.
+
+    A child of ``numpy.random.SeedSequence(seed)`` (spawn key ``(step,)``):
+    independent of the initialization's stream and of other steps', and the
+    same for a run and its resumption.
+    """
+    return int(np.random.SeedSequence(seed, spawn_key=(int(step),)).generate_state(1, np.uint64)[0])
+
+
 def evaluate(model, ids, streams=1, chunk=None):
     """Mean loss in bits per character of ``model`` predicting ``ids[1:]`` from ``ids[:-1]``.
 
@@ -151,6 +180,7 @@ def evaluate(model, ids, streams=1, chunk=None):
     Parameters
     ----------
     model : RNN
+        One direction (any number of layers; every layer's state is carried).
     ids : ndarray of shape (L,), int
     streams : int >= 1
     chunk : int >= 1, optional
@@ -159,6 +189,7 @@ def evaluate(model, ids, streams=1, chunk=None):
     -------
     float
     """
+    _refuse_bidirectional(model)
     data = batchify(ids, streams)
     chunk = max(16, 2048 // data.shape[1]) if chunk is None else _check_int("chunk", chunk)
     n = data.shape[0]
@@ -176,7 +207,7 @@ def evaluate(model, ids, streams=1, chunk=None):
             probs = probs.transpose(1, 0, 2)
         p = np.take_along_axis(probs, y[:, :, None], axis=2)
         total -= float(np.sum(np.log(np.maximum(p, tiny), dtype=np.float64)))
-        h = out.h_last
+        h = out.h_n
     return total / ((n - 1) * streams) / _LN2
 
 
@@ -244,9 +275,10 @@ class Trainer:
     Parameters
     ----------
     model : RNN or None
-        None builds ``RNN(len(vocab), hidden, len(vocab), seed=seed, dtype=dtype,
-        nonlinearity=nonlinearity)``.  A given model is trained further; if it
-        has a ``vocab`` the text is encoded with it.
+        None builds ``RNN(len(vocab), hidden, len(vocab), num_layers=num_layers,
+        dropout=dropout, seed=seed, dtype=dtype, nonlinearity=nonlinearity)``.
+        A given model is trained further; if it has a ``vocab`` the text is
+        encoded with it.  Bidirectional models are refused (ValueError).
     text : str
     hidden : int
         Hidden size of a new model.
@@ -265,8 +297,14 @@ class Trainer:
     val_fraction : float in [0, 1)
         Share of the text, from its end, held out for validation.
     seed : int
-        Seeds the new model's initialization.
+        Seeds the new model's initialization and the dropout masks (see
+        :func:`step_seed`).
     dtype, nonlinearity : for a new model.
+    num_layers : int >= 1
+        Stacked layers of a new model.
+    dropout : float in [0, 1)
+        Dropout between the layers of a new model (needs num_layers >= 2),
+        applied in training steps only.  A given model keeps its own.
     reduction : {"mean", "sum"}
         Loss whose gradient is followed: mean over the chunk's B*T targets
         (default), or their sum (min-char-rnn's choice).
@@ -274,7 +312,7 @@ class Trainer:
 
     def __init__(self, model, text, *, hidden=128, seq_len=25, batch=32, optimizer="adam", lr=None,
                  clip=5.0, clip_norm=None, val_fraction=0.1, seed=0, dtype=np.float32,
-                 nonlinearity="tanh", reduction="mean"):
+                 nonlinearity="tanh", reduction="mean", num_layers=1, dropout=0.0):
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not text:
@@ -288,6 +326,15 @@ class Trainer:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
 
+        if model is not None:
+            _refuse_bidirectional(model)
+        else:
+            num_layers = _check_int("num_layers", num_layers)
+            dropout = _check_real("dropout", dropout, high=1.0, strict=False)
+            if dropout and num_layers == 1:
+                raise ValueError(f"dropout={dropout:g} acts between layers and needs num_layers >= 2, "
+                                 "got num_layers=1")
+        self.seed = seed
         vocab = getattr(model, "vocab", None) if model is not None else None
         if vocab is None:
             vocab = Vocab.from_text(text)
@@ -313,7 +360,8 @@ class Trainer:
             check_fits(training_bytes(len(vocab), hidden, self.seq_len, self.batch, dtype,
                                       optimizer if isinstance(optimizer, str) else "adam"),
                        f"hidden={hidden}: training")
-            model = RNN(len(vocab), hidden, len(vocab), seed=seed, dtype=dtype, nonlinearity=nonlinearity)
+            model = RNN(len(vocab), hidden, len(vocab), num_layers=num_layers, dropout=dropout, seed=seed,
+                        dtype=dtype, nonlinearity=nonlinearity)
         elif model.input_size != len(vocab) or model.output_size != len(vocab):
             raise ValueError(
                 f"the model maps {model.input_size} inputs to {model.output_size} outputs, "
@@ -335,7 +383,7 @@ class Trainer:
             self.optimizer = _optim.make(optimizer, model, lr)
 
         self.step = 0
-        self.h = None  # hidden state carried into the next chunk, (B, H)
+        self.h = None  # hidden state carried into the next chunk, (L, B, H) or (B, H) for one layer
         self.last_chars = 0  # targets in the last step's chunk
         self.history = History(model=model, vocab=vocab, optimizer=self.optimizer)
         self._smooth = 0.0
@@ -346,8 +394,9 @@ class Trainer:
 
         Uses the checkpoint's model, optimizer (if saved; its hyperparameters
         win over ``optimizer=``/``lr=``), step count and carried hidden state.
-        Pass the same text, ``seq_len`` and ``batch`` as the original run to
-        continue exactly where it stopped.
+        Pass the same text, ``seq_len``, ``batch`` and (for a model with
+        dropout) ``seed`` as the original run to continue exactly where it
+        stopped.
         """
         trainer = cls(checkpoint.model, text, **kw)
         if checkpoint.optimizer is not None:
@@ -355,10 +404,15 @@ class Trainer:
         trainer.step = trainer.history.step = int(checkpoint.step or 0)
         h = checkpoint.hidden
         if h is not None:
-            if h.shape != (trainer.batch, trainer.model.hidden_size):
+            m = trainer.model
+            Ld = m.num_layers * m.num_directions
+            if Ld == 1 and h.ndim == 3:
+                h = h[0]  # (1, B, H): the seed's (B, H) form, as the trainer carries it
+            want = (trainer.batch, m.hidden_size) if Ld == 1 else (Ld, trainer.batch, m.hidden_size)
+            if h.shape != want:
                 raise ValueError(
                     f"the checkpoint's hidden state has shape {h.shape}, "
-                    f"expected {(trainer.batch, trainer.model.hidden_size)} for batch={trainer.batch}"
+                    f"expected {want} for batch={trainer.batch}"
                 )
             trainer.h = h
         return trainer
@@ -424,8 +478,15 @@ class Trainer:
         """
         x, y = self._chunk(index)
         m = self.model
-        loss, g = m.loss_and_grad(_time_major(m, x), _time_major(m, y), h0=self.h, reduction=self.reduction)
-        return loss, g, g.h_last, x.size
+        loss, g = m.loss_and_grad(_time_major(m, x), _time_major(m, y), h0=self.h, reduction=self.reduction,
+                                  **self._train_kwargs())
+        return loss, g, _carried(m, g), x.size
+
+    def _train_kwargs(self):
+        """``train=True`` and this step's dropout seed when the model drops out; else nothing."""
+        if not self.model.dropout or self.model.num_layers == 1:
+            return {}
+        return {"train": True, "seed": step_seed(self.seed, self.step)}
 
     def evaluate(self, split="val"):
         """Loss in bits per character on ``"val"`` (one stream) or ``"train"`` (``batch`` streams)."""
@@ -504,7 +565,8 @@ class Trainer:
 
 def train(model, text, *, hidden=128, seq_len=25, batch=32, steps=2000, optimizer="adam", lr=None,
           clip=5.0, clip_norm=None, seed=0, val_fraction=0.1, callback=None, eval_every=200,
-          final_eval=True, dtype=np.float32, nonlinearity="tanh", reduction="mean"):
+          final_eval=True, dtype=np.float32, nonlinearity="tanh", reduction="mean", num_layers=1,
+          dropout=0.0):
     """Train a character-level RNN on ``text`` with truncated BPTT.
 
     ``train(None, text)`` builds a new model; ``train(model, text)`` trains
@@ -520,5 +582,5 @@ def train(model, text, *, hidden=128, seq_len=25, batch=32, steps=2000, optimize
     """
     trainer = Trainer(model, text, hidden=hidden, seq_len=seq_len, batch=batch, optimizer=optimizer, lr=lr,
                       clip=clip, clip_norm=clip_norm, val_fraction=val_fraction, seed=seed, dtype=dtype,
-                      nonlinearity=nonlinearity, reduction=reduction)
+                      nonlinearity=nonlinearity, reduction=reduction, num_layers=num_layers, dropout=dropout)
     return trainer.run(steps, callback=callback, eval_every=eval_every, final_eval=final_eval)

@@ -343,3 +343,51 @@ def test_divergence_is_one_line_and_keeps_the_old_file(trained, tmp_path, capsys
     assert f"{out} was not written" in lines[0]
     assert out.read_bytes() == (d / "m.npz").read_bytes()
     assert os.listdir(tmp_path) == ["m.npz"]
+# -- stacked models ---------------------------------------------------------------------
+
+
+def test_train_layers_and_dropout_then_sample(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    r = call(capsys, "train", tmp_path / "t.txt", *TINY, "--layers", "2", "--dropout", "0.2",
+             "--quiet", "--out", tmp_path / "m.npz")
+    assert r.returncode == 0, r.stderr
+    ck = rio.load_checkpoint(tmp_path / "m.npz")
+    m = ck.model
+    assert (m.num_layers, m.dropout, m.bidirectional) == (2, 0.2, False)
+    assert "W_l1" in m.parameters() and ck.hidden.shape == (2, 2, 8)
+    a = call(capsys, "sample", tmp_path / "m.npz", "--length", "25", "--prime", "Sing", "--seed", "3")
+    b = call(capsys, "sample", tmp_path / "m.npz", "--length", "25", "--prime", "Sing", "--seed", "3")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("Sing") and len(a.stdout) == 4 + 25 + 1
+    # the same run again: the dropout masks come from --seed
+    r = call(capsys, "train", tmp_path / "t.txt", *TINY, "--layers", "2", "--dropout", "0.2",
+             "--quiet", "--out", tmp_path / "again.npz")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(rio.load(tmp_path / "again.npz").flat, m.flat)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--layers", "0"], "--layers"),
+        (["--layers", "two"], "--layers"),
+        (["--layers", "2", "--dropout", "1"], "--dropout"),
+        (["--layers", "2", "--dropout", "-0.1"], "--dropout"),
+        (["--layers", "2", "--dropout", "nan"], "--dropout"),
+        (["--dropout", "0.5"], "--dropout 0.5 acts between layers: it needs --layers 2"),
+    ],
+)
+def test_bad_layer_options(trained, args, fragment, capsys):
+    d, _ = trained
+    assert_one_line_error(call(capsys, "train", d / "text.txt", *TINY, *args, "--out", d / "y.npz"), fragment)
+    assert not (d / "y.npz").exists()
+
+
+def test_sample_refuses_a_bidirectional_model(tmp_path, capsys):
+    from rnn_ext.text import Vocab
+
+    v = Vocab("abc")
+    m = rnn_ext.RNN(3, 4, 3, bidirectional=True, seed=0)
+    m.vocab = v
+    m.save(tmp_path / "bi.npz")
+    assert_one_line_error(call(capsys, "sample", tmp_path / "bi.npz"), "bidirectional")

@@ -393,3 +393,122 @@ def test_cli_unreachable_scheduler_exits_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and address in lines[0], r.stderr
     assert not (tmp_path / "m.npz").exists()
+
+
+# -- stacked and bidirectional models ------------------------------------------------------
+
+STACKED = [
+    # (kind, B, dtype, layers, bidirectional, options)
+    ("ids", 4, np.float64, 2, False, {}),
+    ("float", 5, np.float64, 2, True, {"lengths": True, "h0": True, "reduction": "mean"}),
+    ("ids", 3, np.float64, 3, True, {"batch_first": True, "h0": True, "nonlinearity": "relu"}),
+    ("float", 0, np.float64, 2, False, {"h0": True}),  # unbatched
+    ("ids", 1, np.float64, 2, True, {"h0": True}),  # one shard: exact
+    ("float", 4, np.float32, 2, False, {"lengths": True, "bias": False}),
+]
+
+
+def make_stacked_case(kind, B, dtype, layers, bi, opts, T=6, seed=0):
+    rng = np.random.default_rng(seed)
+    model = rnn_ext.RNN(D, H, K, num_layers=layers, bidirectional=bi, dtype=dtype, seed=seed,
+                        bias=opts.get("bias", True), nonlinearity=opts.get("nonlinearity", "tanh"),
+                        batch_first=opts.get("batch_first", False))
+    Ld = layers * (2 if bi else 1)
+    b = max(B, 1)
+    x = rng.integers(0, D, size=(T, b)) if kind == "ids" else rng.normal(size=(T, b, D))
+    y = rng.integers(0, K, size=(T, b))
+    kw = {"reduction": opts.get("reduction", "sum")}
+    if opts.get("lengths"):
+        kw["lengths"] = rng.integers(1, T + 1, size=b)
+    if opts.get("h0"):
+        kw["h0"] = rng.normal(size=(Ld, b, H)) * 0.5
+    if B == 0:
+        x, y = x[:, 0], y[:, 0]
+        if "h0" in kw:
+            kw["h0"] = kw["h0"][:, 0]
+    elif opts.get("batch_first"):
+        x, y = np.swapaxes(x, 0, 1), np.swapaxes(y, 0, 1)
+    return model, x, y, kw
+
+
+@pytest.mark.parametrize("kind,B,dtype,layers,bi,opts", STACKED, ids=[
+    f"{k}-B{b}-{np.dtype(d).name}-L{n}{'-bi' if bi else ''}-{'-'.join(sorted(o)) or 'plain'}"
+    for k, b, d, n, bi, o in STACKED])
+def test_stacked_loss_and_grad_matches_one_process(client, kind, B, dtype, layers, bi, opts):
+    model, x, y, kw = make_stacked_case(kind, B, dtype, layers, bi, opts)
+    loss, g = model.loss_and_grad(x, y, **kw)
+    dloss, dg = rd.loss_and_grad(model, x, y, client=client, **kw)
+    assert list(dg.parameters()) == list(g.parameters()) == list(model.parameters())
+    arrays = [(n, getattr(dg, n), getattr(g, n)) for n in ("h0", "x", "h_last", "h_n", "flat")]
+    arrays += [(n, a, g.parameters()[n]) for n, a in dg.parameters().items()]
+    assert dg.h_n.shape == g.h_n.shape and dg.h0.shape == g.h0.shape
+    if B <= 1:  # one shard: the worker makes the local call itself
+        assert dloss == loss
+        for name, a, b in arrays:
+            assert (a is None and b is None) or np.array_equal(a, b), name
+        return
+    rtol = RTOL[np.dtype(dtype)]
+    assert abs(dloss - loss) <= rtol * max(abs(loss), 1e-300), (dloss, loss)
+    for name, a, b in arrays:
+        assert_close(a, b, rtol, name)
+
+
+def test_dropout_one_shard_exact_and_several_reproducible(client):
+    _, x, y, _ = make_stacked_case("ids", 4, np.float64, 3, False, {})
+    model = rnn_ext.RNN(D, H, K, num_layers=3, dropout=0.4, dtype=np.float64, seed=0)
+    loss, g = model.loss_and_grad(x[:, :1], y[:, :1], train=True, seed=11)
+    dloss, dg = rd.loss_and_grad(model, x[:, :1], y[:, :1], train=True, seed=11, client=client)
+    assert dloss == loss
+    np.testing.assert_array_equal(dg.flat, g.flat)
+    a = rd.loss_and_grad(model, x, y, train=True, seed=11, client=client)
+    b = rd.loss_and_grad(model, x, y, train=True, seed=11, client=client)
+    plain = rd.loss_and_grad(model, x, y, client=client)
+    assert a[0] == b[0] and a[0] != plain[0]
+    np.testing.assert_array_equal(a[1].flat, b[1].flat)
+
+
+STACKED_TRAIN = dict(TRAIN, num_layers=2, steps=12, eval_every=6)
+
+
+@pytest.fixture(scope="module")
+def stacked_local_run():
+    return training.train(None, TEXT, dtype=np.float64, **STACKED_TRAIN)
+
+
+def test_stacked_training_matches_one_process(client, stacked_local_run):
+    with rd.DistributedTrainer(None, TEXT, client=client, dtype=np.float64,
+                               **{k: v for k, v in STACKED_TRAIN.items()
+                                  if k not in ("steps", "eval_every")}) as tr:
+        assert len(tr.shards) == 2
+        hist = tr.run(STACKED_TRAIN["steps"], eval_every=STACKED_TRAIN["eval_every"])
+        assert tr.h.shape == (2, STACKED_TRAIN["batch"], STACKED_TRAIN["hidden"])
+    assert hist.model.num_layers == 2
+    assert_same_run(hist, stacked_local_run, TRAIN_RTOL[np.dtype(np.float64)])
+
+
+def test_stacked_training_with_dropout_on_one_shard_is_the_local_run(client):
+    opts = dict(STACKED_TRAIN, batch=1, steps=5, eval_every=0, dropout=0.3)
+    ref = training.train(None, TEXT, dtype=np.float64, **opts)
+    hist = rd.train(None, TEXT, client=client, dtype=np.float64, **opts)
+    assert hist.loss == ref.loss
+    np.testing.assert_array_equal(hist.model.flat, ref.model.flat)
+
+
+def test_stacked_resume_continues_like_one_process(client, tmp_path):
+    opts = {k: v for k, v in STACKED_TRAIN.items() if k not in ("steps", "eval_every")}
+    ref = training.Trainer(None, TEXT, dtype=np.float64, **opts)
+    ref.run(4, final_eval=False)
+    ref.save(tmp_path / "ck.npz")
+    ref.run(3, final_eval=False)
+    with rd.DistributedTrainer.resume(load_checkpoint(tmp_path / "ck.npz"), TEXT, client=client,
+                                      **opts) as tr:
+        tr.run(3, final_eval=False)
+    rtol = TRAIN_RTOL[np.dtype(np.float64)]
+    assert_close(tr.model.flat, ref.model.flat, rtol, "flat")
+    assert_close(tr.h, ref.h, rtol, "h")
+
+
+def test_distributed_training_refuses_bidirectional(client):
+    v = rnn_ext.text.Vocab.from_text(TEXT)
+    with pytest.raises(ValueError, match="bidirectional"):
+        rd.DistributedTrainer(rnn_ext.RNN(len(v), 4, len(v), bidirectional=True), TEXT, client=client)

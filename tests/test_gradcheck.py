@@ -221,7 +221,7 @@ def test_other_steps(eps):
 
 
 BAD = [
-    pytest.param({"model": "not a model"}, TypeError, "model must be an rnn_ext.RNN, got str", id="model-str"),
+    pytest.param({"model": "not a model"}, TypeError, r"model must be an rnn_ext.RNN, a Recurrent layer or a head \(heads.Softmax, heads.Linear\), got str", id="model-str"),
     pytest.param({"eps": 0.0}, ValueError, r"eps must be a positive finite float, got 0\.0", id="eps-zero"),
     pytest.param({"eps": -1e-6}, ValueError, r"eps must be a positive finite float, got -1e-06", id="eps-negative"),
     pytest.param({"eps": float("nan")}, ValueError, "eps must be a positive finite float, got nan", id="eps-nan"),
@@ -255,3 +255,180 @@ def test_bad_arguments(change, exc, match):
             args[k] = change.pop(k)
     with pytest.raises(exc, match=match):
         gradcheck(args["model"], args["x"], args["y"], **change)
+
+
+# --- stacked and bidirectional models, layers and heads -----------------------------------
+
+from rnn_ext import Recurrent, heads  # noqa: E402
+
+LAYER_CONFIGS = [
+    pytest.param(dict(num_layers=2), dict(kind="float"), id="2-layers-float"),
+    pytest.param(dict(num_layers=3, bidirectional=True, nonlinearity="relu"),
+                 dict(kind="float", lengths=[2, 5, 4], h0=True), id="3-layers-bi-relu-lengths-h0"),
+    pytest.param(dict(num_layers=2, bidirectional=True, bias=False), dict(kind="ids", lengths=[5, 1, 3]),
+                 id="2-layers-bi-nobias-ids"),
+    pytest.param(dict(num_layers=2, batch_first=True), dict(kind="float", lengths=[3, 5, 2]),
+                 id="2-layers-batch-first"),
+    pytest.param(dict(bidirectional=True), dict(kind="float", unbatched=True, h0=True), id="bi-unbatched"),
+]
+
+
+def layer_call(layer_kw, call_kw, model=False):
+    dirs = 2 if layer_kw.get("bidirectional") else 1
+    Ld = layer_kw.get("num_layers", 1) * dirs
+    x, y = rng_data(call_kw["kind"], batch_first=layer_kw.get("batch_first", False))
+    kwargs = {}
+    if call_kw.get("unbatched"):
+        x, y = x[:, 0], y[:, 0]
+    if call_kw.get("h0"):
+        shape = (Ld, H) if call_kw.get("unbatched") else (Ld, B, H)
+        kwargs["h0"] = np.random.default_rng(4).normal(size=shape) * 0.5
+    if "lengths" in call_kw:
+        kwargs["lengths"] = call_kw["lengths"]
+    return x, y, kwargs
+
+
+def layer_names(L, dirs, bias):
+    return [f"{p}_l{k}{s}" for k in range(L) for s in ("", "_reverse")[:dirs]
+            for p in (("U", "W", "b") if bias else ("U", "W"))]
+
+
+@pytest.mark.parametrize("layer_kw, call_kw", LAYER_CONFIGS)
+def test_recurrent_layer_small_errors(layer_kw, call_kw):
+    layer = Recurrent(D, H, seed=0, dtype=np.float32, **layer_kw)
+    x, _, kwargs = layer_call(layer_kw, call_kw)
+    errors = gradcheck(layer, x, **kwargs)
+    expected = layer_names(layer.num_layers, layer.num_directions, layer.bias) + ["h0"]
+    if np.asarray(x).dtype.kind == "f":
+        expected.append("x")
+    assert list(errors) == expected
+    for name, err in errors.items():
+        assert type(err) is float
+        assert 0.0 <= err < TOL, (name, err)
+    assert layer.dtype == np.float32
+
+
+@pytest.mark.parametrize("layer_kw, call_kw", LAYER_CONFIGS)
+def test_stacked_model_small_errors(layer_kw, call_kw):
+    model = RNN(D, H, K, seed=0, dtype=np.float64, **layer_kw)
+    x, y, kwargs = layer_call(layer_kw, call_kw)
+    errors = gradcheck(model, x, y, reduction="mean", **kwargs)
+    L, dirs = model.num_layers, model.num_directions
+    names = (["U", "W", "V", "b", "c"] if L * dirs == 1 else layer_names(L, dirs, model.bias) + ["V", "c"])
+    expected = [n for n in names if model.bias or n not in ("b", "c")] + ["h0"]
+    if np.asarray(x).dtype.kind == "f":
+        expected.append("x")
+    assert list(errors) == expected
+    assert max(errors.values()) < TOL, errors
+
+
+def test_layer_upstream_is_fixed_by_the_seed_and_ignores_padded_steps():
+    layer = Recurrent(D, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    x, _ = rng_data("float")
+    a = gradcheck(layer, x, lengths=[1, 5, 2], seed=7, max_entries=5)
+    assert a == gradcheck(layer, x, lengths=[1, 5, 2], seed=7, max_entries=5)
+    assert max(a.values()) < TOL, a
+
+
+class BrokenLayer(Recurrent):
+    """A layer whose backward returns dW_l1 slightly wrong."""
+
+    def backward(self, fwd, d_output=None, d_h_n=None):
+        g = super().backward(fwd, d_output, d_h_n)
+        w = g.params["W_l1"]
+        w.flat[3] += 0.05 * np.abs(w).max()
+        return g
+
+
+def test_wrong_layer_gradient_is_detected():
+    layer = BrokenLayer(D, H, num_layers=2, dtype=np.float64, seed=0)
+    errors = gradcheck(layer, rng_data("float")[0])
+    assert errors["W_l1"] == pytest.approx(0.05, rel=0.1), errors
+    assert max(e for n, e in errors.items() if n != "W_l1") < TOL, errors
+
+
+HEAD_CASES = [
+    pytest.param(heads.Softmax, {}, "step-ids", id="softmax-per-step-ids"),
+    pytest.param(heads.Softmax, {"reduction": "mean", "lengths": [3, 5, 1]}, "step-ids",
+                 id="softmax-mean-lengths"),
+    pytest.param(heads.Softmax, {}, "step-rows", id="softmax-target-rows"),
+    pytest.param(heads.Softmax, {"ignore_index": -1}, "seq-ids", id="softmax-per-sequence-ignore"),
+    pytest.param(heads.Linear, {"lengths": [2, 5, 4]}, "step-floats", id="linear-per-step-lengths"),
+    pytest.param(heads.Linear, {"reduction": "mean"}, "seq-floats", id="linear-per-sequence-mean"),
+]
+
+
+@pytest.mark.parametrize("cls, kw, kind", HEAD_CASES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_head_small_errors(cls, kw, kind, bias):
+    F = 6
+    rng = np.random.default_rng(3)
+    head = cls(F, K, bias=bias, seed=0)
+    lead = (T, B) if kind.startswith("step") else (B,)
+    features = rng.normal(size=lead + (F,))
+    if kind.endswith("ids"):
+        y = rng.integers(0, K, size=lead)
+        if "ignore_index" in kw:
+            y[1] = -1
+    elif kind.endswith("rows"):
+        y = rng.dirichlet(np.ones(K), size=lead)
+    else:
+        y = rng.normal(size=lead + (K,))
+    errors = gradcheck(head, features, y, **kw)
+    assert list(errors) == (["V", "c"] if bias else ["V"]) + ["features"]
+    assert max(errors.values()) < TOL, errors
+
+
+def test_wrong_head_gradient_is_detected():
+    class BrokenLinear(heads.Linear):
+        def loss_and_grad(self, *args, **kw):
+            loss, d_features, g = super().loss_and_grad(*args, **kw)
+            return loss, -d_features, g
+
+    rng = np.random.default_rng(0)
+    errors = gradcheck(BrokenLinear(4, 2, dtype=np.float64, seed=0), rng.normal(size=(3, 4)),
+                       rng.normal(size=(3, 2)))
+    assert errors["features"] == pytest.approx(2.0)
+    assert errors["V"] < TOL
+
+
+def test_pieces_are_not_modified():
+    layer = Recurrent(D, H, num_layers=2, seed=0)
+    head = heads.Softmax(H, K, seed=1)
+    before = (layer.flat.copy(), head.flat.copy())
+    x, y = rng_data("float")
+    gradcheck(layer, x)
+    gradcheck(head, x[..., :1].repeat(H, axis=-1), y)
+    np.testing.assert_array_equal(layer.flat, before[0])
+    np.testing.assert_array_equal(head.flat, before[1])
+    assert layer.flat.dtype == head.flat.dtype == np.float32
+
+
+@pytest.mark.parametrize("piece, change, exc, match", [
+    pytest.param("layer", {"y": np.zeros((T, B), int)}, ValueError, "a Recurrent layer has no targets",
+                 id="layer-with-y"),
+    pytest.param("layer", {"h0": np.zeros((B, H))}, ValueError,
+                 r"h0 must have shape \(2, 3, 5\) for this x", id="layer-bad-h0"),
+    pytest.param("layer", {"params": ["U"]}, ValueError, r"params must hold names from \('U_l0'",
+                 id="layer-seed-letter"),
+    pytest.param("layer", {"params": ["x"]}, ValueError, r"params names 'x'.*int ids", id="layer-x-of-ids"),
+    pytest.param("head", {"h0": np.zeros(H)}, ValueError, "a head has no initial state", id="head-h0"),
+    pytest.param("head", {"y": None}, TypeError, r"y \(the targets\) is required", id="head-no-y"),
+    pytest.param("head", {"params": ["c"]}, ValueError, r"params names 'c'.*the head has bias=False",
+                 id="head-c-without-bias"),
+    pytest.param("model", {"params": ["b_l1"]}, ValueError, r"params names 'b_l1'.*bias=False",
+                 id="model-b-without-bias"),
+])
+def test_bad_arguments_for_pieces(piece, change, exc, match):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, D, size=(T, B)), None
+    if piece == "layer":
+        obj = Recurrent(D, H, num_layers=2, seed=0)
+    elif piece == "head":
+        obj, x, y = heads.Linear(4, 2, bias=False, seed=0), rng.normal(size=(B, 4)), rng.normal(size=(B, 2))
+    else:
+        obj, y = RNN(D, H, K, num_layers=2, bias=False, seed=0), rng.integers(0, K, size=(T, B))
+    change = dict(change)
+    y = change.pop("y", y)
+    with pytest.raises(exc, match=match):
+        gradcheck(obj, x, y, **change)

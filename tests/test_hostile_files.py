@@ -259,7 +259,7 @@ def test_random_byte_runs(saved, tmp_path):
 
 # --- crafted files -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("version", [0, 2, 99, -1, 2**63 - 1])
+@pytest.mark.parametrize("version", [0, 1, 3, 99, -1, 2**63 - 1])
 def test_wrong_version(saved, tmp_path, version):
     _, path, _ = saved
     members = entries(path)

@@ -388,3 +388,144 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     same_model(old, rio.load(path))
     assert os.listdir(tmp_path) == ["m.npz"]
+# -- stacked and bidirectional models; files of format version 1 -------------------
+
+from pathlib import Path  # noqa: E402
+
+FORMAT1 = Path(__file__).parent / "data" / "format1_checkpoint.npz"
+
+
+def same_config(a, b):
+    same_model(a, b)
+    assert (a.num_layers, a.bidirectional, a.dropout) == (b.num_layers, b.bidirectional, b.dropout)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(num_layers=2), dict(num_layers=3, bidirectional=True, dropout=0.25, nonlinearity="relu"),
+     dict(bidirectional=True, bias=False, dtype=np.float64, batch_first=True), dict(dropout=0.5)],
+    ids=["2-layers", "3-layers-bi-dropout-relu", "bi-nobias-float64-batch-first", "1-layer-dropout"],
+)
+def test_round_trip_stacked(tmp_path, kw):
+    m = RNN(4, 5, 3, seed=1, **kw)
+    path = tmp_path / "m.npz"
+    rio.save(m, path)
+    back = rio.load(path)
+    same_config(m, back)
+    with np.load(path, allow_pickle=False) as f:
+        assert int(f["format_version"]) == 2
+        assert int(f["config/num_layers"]) == m.num_layers
+        assert sorted(n[len("param/"):] for n in f.files if n.startswith("param/")) == sorted(m.parameters())
+    x = np.random.default_rng(0).integers(0, 4, size=(6, 2))
+    assert back.loss(x, x % 3) == m.loss(x, x % 3)
+
+
+def test_checkpoint_of_a_stacked_model(tmp_path):
+    m = RNN(3, 4, 3, num_layers=2, bidirectional=True, seed=0, dtype=np.float64)
+    opt = Adam(m, lr=0.01)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        opt.step({k: rng.standard_normal(p.shape) for k, p in m.parameters().items()})
+    h = rng.standard_normal((4, 2, 4))
+    path = tmp_path / "ck.npz"
+    rio.save(m, path, optimizer=opt, step=2, hidden=h)
+    ck = rio.load_checkpoint(path)
+    same_config(m, ck.model)
+    assert isinstance(ck.optimizer, Adam) and ck.optimizer.model is ck.model
+    assert set(ck.optimizer.state) == set(m.parameters()) and "U_l1_reverse" in ck.optimizer.state
+    for name, state in opt.state.items():
+        assert ck.optimizer.state[name]["step"] == state["step"] == 2
+        for slot in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_array_equal(ck.optimizer.state[name][slot], state[slot])
+    np.testing.assert_array_equal(ck.hidden, h)
+    # the loaded optimizer takes the same next step
+    g = {k: rng.standard_normal(p.shape) for k, p in m.parameters().items()}
+    opt.step(g)
+    ck.optimizer.step(g)
+    same_config(m, ck.model)
+
+
+def test_hidden_shape_follows_the_layers(tmp_path):
+    one = RNN(3, 4, 3, seed=0)
+    two = RNN(3, 4, 3, num_layers=2, seed=0)
+    rio.save(one, tmp_path / "a.npz", hidden=np.zeros((1, 2, 4), np.float32))  # (1, B, H) also fits
+    assert rio.load_checkpoint(tmp_path / "a.npz").hidden.shape == (1, 2, 4)
+    with pytest.raises(ValueError, match=r"hidden must be a float32 array of shape \(2, B, 4\), got float32 \(2, 4\)"):
+        rio.save(two, tmp_path / "b.npz", hidden=np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"hidden must be a float32 array of shape \(2, B, 4\), got float32 \(3, 2, 4\)"):
+        rio.save(two, tmp_path / "b.npz", hidden=np.zeros((3, 2, 4), np.float32))
+    assert not (tmp_path / "b.npz").exists()
+
+
+def test_resumed_stacked_training_with_dropout_is_identical(tmp_path):
+    kw = dict(SMALL, seq_len=20, batch=6, num_layers=2, dropout=0.3)
+    straight = Trainer(None, TEXT, **kw)
+    straight.run(12, final_eval=False)
+    assert straight.chunks_per_pass < 12
+
+    first = Trainer(None, TEXT, **kw)
+    first.run(5, final_eval=False)
+    first.save(tmp_path / "ck.npz")
+    ck = rio.load_checkpoint(tmp_path / "ck.npz")
+    assert ck.hidden.shape == (2, 6, 8) and ck.model.dropout == 0.3
+    resumed = Trainer.resume(ck, TEXT, **kw)
+    resumed.run(7, final_eval=False)
+    same_config(straight.model, resumed.model)
+    np.testing.assert_array_equal(straight.h, resumed.h)
+
+
+def test_file_of_format_version_1_loads():
+    """A checkpoint written by rnn_ext before stacked models (format version 1)."""
+    with np.load(FORMAT1, allow_pickle=False) as f:
+        raw = {k: f[k] for k in f.files}
+    assert int(raw["format_version"]) == 1 and "config/num_layers" not in raw
+    ck = rio.load_checkpoint(FORMAT1)
+    m = ck.model
+    assert (m.num_layers, m.bidirectional, m.dropout) == (1, False, 0.0)
+    assert list(m.parameters()) == ["U", "W", "V", "b", "c"]
+    for name, p in m.parameters().items():
+        np.testing.assert_array_equal(p, raw[f"param/{name}"])
+    assert m.vocab == Vocab.from_codepoints(raw["vocab"])
+    assert isinstance(ck.optimizer, Adam) and ck.optimizer.state["W"]["step"] == ck.step == 4
+    np.testing.assert_array_equal(ck.optimizer.state["W"]["exp_avg"], raw["optimizer/W.exp_avg"])
+    np.testing.assert_array_equal(ck.hidden, raw["hidden"])
+    assert ck.hidden.shape == (3, m.hidden_size)
+    # it trains on from where it stopped
+    tr = Trainer.resume(ck, TEXT, hidden=6, seq_len=5, batch=3, seed=2)
+    tr.run(2, final_eval=False)
+    assert tr.step == 6
+
+
+def format2_variant(tmp_path, edit, **kw):
+    m = RNN(3, 4, 3, num_layers=2, seed=0, **kw)
+    path = tmp_path / "good.npz"
+    rio.save(m, path, hidden=np.zeros((2, 1, 4), np.float32))
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    edit(arrays)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    return tmp_path / "bad.npz"
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda a: a.pop("config/num_layers"), "missing entry 'config/num_layers'"),
+        (lambda a: a.pop("config/dropout"), "missing entry 'config/dropout'"),
+        (lambda a: a.update({"config/num_layers": np.array(0)}), "config/num_layers must be >= 1"),
+        (lambda a: a.update({"config/num_layers": np.array(2**40)}), "needs at least"),
+        (lambda a: a.update({"config/num_layers": np.array(1)}), "missing entry 'param/U'"),
+        (lambda a: a.update({"config/num_layers": np.array(3)}), "missing entry 'param/U_l2'"),
+        (lambda a: a.update({"config/bidirectional": np.array(True)}), "needs at least 9 parameters"),
+        (lambda a: a.update({"config/dropout": np.array(1.0)}), r"config/dropout must be in \[0, 1\)"),
+        (lambda a: a.update({"config/dropout": np.array(np.nan)}), "config/dropout"),
+        (lambda a: a.update({"config/dropout": np.array(0)}), "config/dropout.*scalar"),
+        (lambda a: a.update({"param/W_l1": np.zeros((4, 3), np.float32)}), r"param/W_l1 has shape \(4, 3\)"),
+        (lambda a: a.pop("param/b_l1"), "missing entry 'param/b_l1'"),
+        (lambda a: a.update(hidden=np.zeros((1, 4), np.float32)), r"hidden must be a float32 array of shape \(2, B, 4\)"),
+        (lambda a: a.update(format_version=np.array(1)), "not part of format version 1"),
+    ],
+)
+def test_bad_stacked_entries_rejected(tmp_path, edit, match):
+    with pytest.raises(ValueError, match=match):
+        rio.load_checkpoint(format2_variant(tmp_path, edit))

@@ -272,3 +272,26 @@ def test_sample_bad_input(model_and_vocab):
     bare = RNN(len(v), 4, len(v))
     with pytest.raises(ValueError, match="no vocabulary"):
         sample(bare)
+
+
+# -- sampling from stacked models ------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_greedy_sample_carries_every_layer(num_layers):
+    """Greedy decoding step by step equals one forward pass over prime + sample:
+    each character is the argmax after the text before it."""
+    v = Vocab.from_text(TEXT)
+    m = RNN(len(v), 12, len(v), num_layers=num_layers, seed=4, dtype=np.float64)
+    m.set_params({"V": m.V * 8})  # sharper predictions: fewer near-ties in the argmax
+    prime = "the qu"
+    out = sample(m, v, prime=prime, length=30, temperature=0)
+    ids = v.encode(prime + out)
+    probs = m.forward(ids[:-1]).probs
+    np.testing.assert_array_equal(np.argmax(probs[len(prime) - 1 :], axis=1), ids[len(prime) :])
+
+
+def test_sample_refuses_a_bidirectional_model():
+    v = Vocab.from_text(TEXT)
+    with pytest.raises(ValueError, match="bidirectional"):
+        sample(RNN(len(v), 4, len(v), bidirectional=True, seed=0), v, length=3)

@@ -277,3 +277,103 @@ def test_hidden_beyond_memory_is_refused_before_allocating():
     with pytest.raises(ValueError, match=r"hidden=1000000: training needs about .* TiB of memory"):
         Trainer(None, TEXT, **dict(SMALL, hidden=10**6))
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 * 1024  # KiB
+# -- stacked models, dropout, bidirectional refused ------------------------------------
+
+from rnn_ext.training import step_seed  # noqa: E402
+
+
+def test_stacked_loop_matches_hand_written_truncated_bptt_with_dropout():
+    """Every layer's state h_n is carried; step i draws its masks from step_seed(seed, i)."""
+    seq_len, batch, seed = 7, 4, 3
+    tr = Trainer(None, TEXT, hidden=10, seq_len=seq_len, batch=batch, lr=1e-2, clip=0.05,
+                 seed=seed, dtype=np.float64, num_layers=3, dropout=0.25)
+    assert (tr.model.num_layers, tr.model.dropout) == (3, 0.25)
+    n_steps = tr.chunks_per_pass + 3  # crosses a pass boundary
+    ref = RNN(tr.model.input_size, 10, tr.model.output_size, num_layers=3, dropout=0.25,
+              dtype=np.float64, seed=seed)
+    np.testing.assert_array_equal(tr.model.flat, ref.flat)
+    opt = Adam(ref, lr=1e-2)
+    ids = Vocab.from_text(TEXT).encode(TEXT)
+    streams = batchify(ids[: len(ids) - int(len(ids) * 0.1)], batch)
+    chunks = [(streams[i : i + seq_len], streams[i + 1 : i + 1 + seq_len])
+              for i in range(0, streams.shape[0] - 1, seq_len)]
+    chunks = [(x[: len(y)], y) for x, y in chunks]
+    h = None
+    losses = []
+    for step in range(n_steps):
+        x, y = chunks[step % len(chunks)]
+        if step % len(chunks) == 0:
+            h = None
+        loss, g = ref.loss_and_grad(x, y, h0=h, reduction="mean", train=True,
+                                    seed=step_seed(seed, step))
+        clip_grad_value(g, 0.05)
+        opt.step(g)
+        h = g.h_n
+        losses.append(loss / math.log(2))
+    hist = tr.run(n_steps, eval_every=None, final_eval=False)
+    np.testing.assert_allclose(hist.loss, losses, rtol=1e-12)
+    np.testing.assert_array_equal(tr.model.flat, ref.flat)
+    assert tr.h.shape == (3, batch, 10)
+    np.testing.assert_array_equal(tr.h, h)
+
+
+def test_dropout_runs_are_reproducible_and_drop():
+    kw = dict(SMALL, num_layers=2, steps=8, final_eval=False, eval_every=None)
+    a = train(None, TEXT, dropout=0.4, **kw)
+    b = train(None, TEXT, dropout=0.4, **kw)
+    plain = train(None, TEXT, dropout=0.0, **kw)
+    assert a.loss == b.loss
+    np.testing.assert_array_equal(a.model.flat, b.model.flat)
+    assert a.loss[0] != plain.loss[0]  # the masks change the first step already
+    # evaluation runs without dropout: the model's plain loss
+    tr = Trainer(a.model, TEXT, val_fraction=0.2, **dict(SMALL))
+    ids = tr.val_ids
+    assert tr.evaluate("val") == pytest.approx(
+        a.model.loss(ids[:-1], ids[1:], reduction="mean") / math.log(2), rel=1e-5)
+
+
+def test_step_seed():
+    assert step_seed(0, 1) == step_seed(0, 1)
+    assert len({step_seed(0, 0), step_seed(0, 1), step_seed(1, 0)}) == 3
+    assert isinstance(step_seed(0, 5), int) and step_seed(0, 5) >= 0
+
+
+@pytest.mark.parametrize("streams, chunk", [(1, 5), (3, 4), (3, None)])
+def test_evaluate_carries_every_layer(streams, chunk):
+    v = Vocab.from_text(TEXT)
+    m = RNN(len(v), 6, len(v), num_layers=3, seed=0, dtype=np.float64)
+    ids = v.encode(TEXT)
+    data = batchify(ids, streams)
+    expect = m.loss(data[:-1], data[1:], reduction="mean") / math.log(2)
+    assert evaluate(m, ids, streams=streams, chunk=chunk) == pytest.approx(expect, rel=1e-10)
+
+
+def test_stacked_model_learns():
+    hist = train(None, TEXT, steps=120, lr=2e-2, eval_every=60, num_layers=2, dropout=0.1, **SMALL)
+    assert hist.model.num_layers == 2
+    assert np.mean(hist.loss[-20:]) < 0.7 * np.mean(hist.loss[:5])
+    assert hist.val_loss[-1] < hist.val_loss[0]
+
+
+def test_bidirectional_models_are_refused():
+    v = Vocab.from_text(TEXT)
+    bi = RNN(len(v), 6, len(v), bidirectional=True, seed=0)
+    with pytest.raises(ValueError, match="bidirectional.*reverse direction would read"):
+        Trainer(bi, TEXT, **SMALL)
+    with pytest.raises(ValueError, match="bidirectional"):
+        evaluate(bi, v.encode(TEXT))
+
+
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        (dict(num_layers=0), ValueError, "num_layers must be >= 1"),
+        (dict(num_layers=2.0), TypeError, "num_layers must be an int"),
+        (dict(num_layers=2, dropout=1.0), ValueError, r"dropout must be a finite number >= 0.0 and < 1.0, got 1.0"),
+        (dict(num_layers=2, dropout=-0.1), ValueError, "dropout"),
+        (dict(dropout=0.5), ValueError, "dropout=0.5 acts between layers and needs num_layers >= 2"),
+    ],
+)
+def test_bad_layer_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        Trainer(None, TEXT, **dict(SMALL, **kw))
