@@ -104,7 +104,7 @@ def _layer_of_rnn(model: RNN) -> _Layer:
         # the model's batch_first is the one its forward follows
         return _Layer(**{**desc.__dict__, "batch_first": model.batch_first})
     params = {"U_l0": model.U, "W_l0": model.W}
-    if model.bias:
+    if model.b is not None:
         params["b_l0"] = model.b
     return _Layer(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=1,
                   num_directions=1, nonlinearity=model.nonlinearity, bias=model.bias,
@@ -121,35 +121,33 @@ def _head_of(obj: Any) -> _Head:
     return _Head(softmax=name == "Softmax", V=params["V"], c=params.get("c"))
 
 
-def _recurrent_class() -> type | None:
-    from . import recurrent  # type: ignore[attr-defined]
+def _is_recurrent(obj: Any) -> bool:
+    try:
+        from .recurrent import Recurrent  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    return isinstance(obj, Recurrent)
 
-    return recurrent.Recurrent  # type: ignore[no-any-return]
+
+def _own_head(model: RNN) -> _Head:
+    head = getattr(model, "head", None)
+    if head is not None:
+        return _head_of(head)
+    return _Head(softmax=True, V=model.V, c=model.c)
 
 
 def _describe(model: Any, head: Any) -> tuple[_Layer, _Head | None, str]:
     """(layer, head, default input kind) for an RNN or a Recurrent and the ``head=`` choice."""
-    if isinstance(head, (bool, np.bool_)) or head is None:
-        pass
-    elif isinstance(model, RNN):
-        raise TypeError(f"an RNN exports with its own head; head must be None, True or False, "
-                        f"got {type(head).__name__}")
+    own: _Head | None
     if isinstance(model, RNN):
-        layer = _layer_of_rnn(model)
-        own: _Head | None = (_head_of(model.head) if getattr(model, "head", None) is not None
-                             else _Head(softmax=True, V=model.V, c=model.c))
-        kind = "ids" if getattr(model, "vocab", None) is not None else "floats"
+        layer, own = _layer_of_rnn(model), _own_head(model)
+        kind = "ids" if model.vocab is not None else "floats"
+    elif _is_recurrent(model):
+        layer, own, kind = _layer_of_recurrent(model), None, "floats"
     else:
-        try:
-            recurrent = _recurrent_class()
-        except ImportError:
-            recurrent = None
-        if recurrent is None or not isinstance(model, recurrent):
-            raise TypeError(f"model must be an rnn_ext.RNN or an rnn_ext.Recurrent, "
-                            f"got {type(model).__module__}.{type(model).__name__}")
-        layer = _layer_of_recurrent(model)
-        own = None
-        kind = "floats"
+        raise TypeError(f"model must be an rnn_ext.RNN or an rnn_ext.Recurrent, "
+                        f"got {type(model).__module__}.{type(model).__name__}")
+    chosen: _Head | None
     if head is None:
         chosen = own
     elif isinstance(head, (bool, np.bool_)):
@@ -158,6 +156,9 @@ def _describe(model: Any, head: Any) -> tuple[_Layer, _Head | None, str]:
                              f"has none; pass a head object (rnn_ext.heads.Softmax / Linear) or "
                              f"head=None")
         chosen = own if head else None
+    elif own is not None:
+        raise TypeError(f"an RNN exports with its own head; head must be None, True or False, "
+                        f"got {type(head).__name__}")
     else:
         chosen = _head_of(head)
     if chosen is not None:
@@ -307,10 +308,11 @@ def _check_opset(onnx: Any, opset: Any) -> int:
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):
         raise TypeError(f"opset must be an int, got {type(opset).__name__} {opset!r}")
+    opset = int(opset)
     if not MIN_OPSET <= opset <= newest:
         raise ValueError(f"opset must be in [{MIN_OPSET}, {newest}] (the installed onnx "
                          f"{onnx.__version__} knows up to {newest}), got {opset}")
-    return int(opset)
+    return opset
 
 
 def _check_dtype(model_dtype: np.dtype, dtype: Any) -> np.dtype:
