@@ -16,6 +16,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors  # noqa: E402
 
 import rnn_ext  # noqa: E402
 import rnn_ext.onnx as ro  # noqa: E402
@@ -181,8 +182,8 @@ def test_float64(tmp_path):
     ro.export(m, tmp_path / "f64.onnx", dtype=np.float64)
     try:
         probs, _ = run(tmp_path / "f64.onnx", x=x, h0=np.zeros((1, B, H)), lengths=np.full(B, T))
-    except Exception as exc:  # onnxruntime's NotImplemented
-        assert "NOT_IMPLEMENTED" in str(exc) and "RNN" in str(exc), exc
+    except ort_errors.NotImplemented as exc:
+        assert "RNN" in str(exc), exc
     else:
         assert probs.dtype == np.float64 and rel(probs, m.forward(x).probs) < 1e-12
 
@@ -292,3 +293,18 @@ def test_cli_export_options_and_errors(trained, capsys, tmp_path):
         err = capsys.readouterr().err
         assert err.startswith("rnn-ext: error:") and fragment in err and len(err.splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["h.onnx"]
+
+
+def test_runtime_refuses_out_of_range_ids_and_mismatched_shapes(tmp_path):
+    """What docs/onnx.md promises a caller about bad input at run time."""
+    m = rnn_ext.RNN(D, H, K, seed=0)
+    ro.export(m, tmp_path / "m.onnx", input="ids")
+    sess = session(tmp_path / "m.onnx")
+    x, h0, n = np.zeros((T, B), np.int64), np.zeros((1, B, H), np.float32), np.full(B, T)
+    for feed in ({"x": x + D, "h0": h0, "lengths": n},                       # id out of range
+                 {"x": x, "h0": h0, "lengths": n[:-1]},                      # lengths not (B,)
+                 {"x": x, "h0": h0, "lengths": n + 1},                       # a length > T
+                 {"x": x, "h0": h0[:, :-1], "lengths": n},                   # h0 not (1, B, H)
+                 {"x": x.astype(np.int32), "h0": h0, "lengths": n}):         # ids not int64
+        with pytest.raises((ort_errors.InvalidArgument, ort_errors.Fail)):
+            sess.run(None, feed)
