@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from . import heads
 from ._version import __version__
 from .model import RNN
+from .recurrent import Recurrent
 
 __all__ = ["export", "DEFAULT_OPSET", "MIN_OPSET"]
 
@@ -90,60 +92,34 @@ def _suffixes(dirs: int) -> tuple[str, ...]:
     return ("", "_reverse")[:dirs]
 
 
-def _layer_of_recurrent(layer: Any) -> _Layer:
+def _layer_of(layer: Recurrent, batch_first: bool) -> _Layer:
     return _Layer(input_size=layer.input_size, hidden_size=layer.hidden_size,
                   num_layers=layer.num_layers, num_directions=layer.num_directions,
-                  nonlinearity=layer.nonlinearity, bias=layer.bias,
-                  batch_first=layer.batch_first, params=dict(layer.params))
+                  nonlinearity=layer.nonlinearity, bias=layer.bias, batch_first=batch_first,
+                  params=dict(layer.params))
 
 
-def _layer_of_rnn(model: RNN) -> _Layer:
-    layer = getattr(model, "layer", None)
-    if layer is not None:
-        desc = _layer_of_recurrent(layer)
-        # the model's batch_first is the one its forward follows
-        return _Layer(**{**desc.__dict__, "batch_first": model.batch_first})
-    params = {"U_l0": model.U, "W_l0": model.W}
-    if model.b is not None:
-        params["b_l0"] = model.b
-    return _Layer(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=1,
-                  num_directions=1, nonlinearity=model.nonlinearity, bias=model.bias,
-                  batch_first=model.batch_first, params=params)
-
-
-def _head_of(obj: Any) -> _Head:
+def _head_of(head: Any, dtype: np.dtype) -> _Head:
     """A head object (rnn_ext.heads.Softmax / Linear) as a _Head."""
-    name = type(obj).__name__
-    params = getattr(obj, "params", None)
-    if name not in ("Softmax", "Linear") or not isinstance(params, dict) or "V" not in params:
+    if not isinstance(head, (heads.Softmax, heads.Linear)):
         raise TypeError(f"head must be None, True, False or an rnn_ext.heads.Softmax / "
-                        f"heads.Linear, got {name}")
-    return _Head(softmax=name == "Softmax", V=params["V"], c=params.get("c"))
-
-
-def _is_recurrent(obj: Any) -> bool:
-    try:
-        from .recurrent import Recurrent  # type: ignore[import-not-found]
-    except ImportError:
-        return False
-    return isinstance(obj, Recurrent)
-
-
-def _own_head(model: RNN) -> _Head:
-    head = getattr(model, "head", None)
-    if head is not None:
-        return _head_of(head)
-    return _Head(softmax=True, V=model.V, c=model.c)
+                        f"heads.Linear, got {type(head).__module__}.{type(head).__name__}")
+    if head.dtype != dtype:
+        raise ValueError(f"the head is {head.dtype.name} but the layer is {dtype.name}; "
+                         f"give them one dtype")
+    params = head.params
+    return _Head(softmax=isinstance(head, heads.Softmax), V=params["V"], c=params.get("c"))
 
 
 def _describe(model: Any, head: Any) -> tuple[_Layer, _Head | None, str]:
     """(layer, head, default input kind) for an RNN or a Recurrent and the ``head=`` choice."""
     own: _Head | None
     if isinstance(model, RNN):
-        layer, own = _layer_of_rnn(model), _own_head(model)
+        # the model's batch_first is the one its forward follows
+        layer, own = _layer_of(model.layer, model.batch_first), _head_of(model.head, model.dtype)
         kind = "ids" if model.vocab is not None else "floats"
-    elif _is_recurrent(model):
-        layer, own, kind = _layer_of_recurrent(model), None, "floats"
+    elif isinstance(model, Recurrent):
+        layer, own, kind = _layer_of(model, model.batch_first), None, "floats"
     else:
         raise TypeError(f"model must be an rnn_ext.RNN or an rnn_ext.Recurrent, "
                         f"got {type(model).__module__}.{type(model).__name__}")
@@ -160,11 +136,10 @@ def _describe(model: Any, head: Any) -> tuple[_Layer, _Head | None, str]:
         raise TypeError(f"an RNN exports with its own head; head must be None, True or False, "
                         f"got {type(head).__name__}")
     else:
-        chosen = _head_of(head)
-    if chosen is not None:
+        chosen = _head_of(head, model.dtype)
         F = layer.num_directions * layer.hidden_size
-        if chosen.V.ndim != 2 or chosen.V.shape[1] != F:
-            raise ValueError(f"the head takes {chosen.V.shape[-1]} features, but the layer gives "
+        if chosen.V.shape[1] != F:
+            raise ValueError(f"the head takes {chosen.V.shape[1]} features, but the layer gives "
                              f"num_directions * hidden_size = {F}")
     return layer, chosen, kind
 

@@ -102,6 +102,19 @@ def test_no_head_outputs_hidden_states_zero_past_lengths(tmp_path, kind):
         assert np.array_equal(h_n[0, n] != 0, out[lengths[n] - 1, n] != 0)
 
 
+def test_ids_are_exactly_one_hot_columns(tmp_path):
+    """Gather of U's columns + an identity W: bit for bit the graph fed one-hot floats."""
+    m = rnn_ext.RNN(D, H, K, seed=6)
+    x = np.random.default_rng(6).integers(0, D, size=(T, B))
+    feed = {"h0": np.zeros((1, B, H), np.float32), "lengths": np.array([5, 2, 4])}
+    ro.export(m, tmp_path / "ids.onnx", input="ids")
+    ro.export(m, tmp_path / "floats.onnx", input="floats")
+    by_id = run(tmp_path / "ids.onnx", x=x, **feed)
+    one_hot = run(tmp_path / "floats.onnx", x=np.eye(D, dtype=np.float32)[x], **feed)
+    for a, b in zip(by_id, one_hot):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("kind", ["ids", "floats"])
 def test_batch_first(tmp_path, kind):
     m = rnn_ext.RNN(D, H, K, seed=2, batch_first=True)
@@ -188,6 +201,77 @@ def test_float64(tmp_path):
         assert probs.dtype == np.float64 and rel(probs, m.forward(x).probs) < 1e-12
 
 
+# --- stacked and bidirectional: rnn_ext.Recurrent, heads, and the multi-layer RNN ----------------
+
+LAYER_GRID = list(itertools.product((1, 2, 3), (False, True), ("tanh", "relu"), (True, False),
+                                    ("ids", "floats")))
+
+
+@pytest.mark.parametrize("num_layers,bidirectional,nonlinearity,bias,kind", LAYER_GRID)
+def test_recurrent_matches_forward(tmp_path, num_layers, bidirectional, nonlinearity, bias, kind):
+    dirs = 2 if bidirectional else 1
+    layer = rnn_ext.Recurrent(D, H, num_layers, nonlinearity=nonlinearity, bias=bias,
+                              bidirectional=bidirectional, seed=7)
+    rng = np.random.default_rng(num_layers)
+    x = data(kind, rng)
+    h0 = rng.standard_normal((num_layers * dirs, B, H)).astype(np.float32)
+    lengths = np.array([2, 5, 4])
+    case = f"L={num_layers} dirs={dirs} {nonlinearity} bias={bias} {kind}"
+    ro.export(layer, tmp_path / "full.onnx", input=kind)
+    sess = session(tmp_path / "full.onnx")
+    for h, n in itertools.product((None, h0), (None, lengths)):
+        want = layer.forward(x, h, n)
+        out, h_n = sess.run(None, {"x": x, "h0": np.zeros_like(h0) if h is None else h,
+                                   "lengths": np.full(B, T) if n is None else n})
+        assert out.shape == (T, B, dirs * H) and h_n.shape == (num_layers * dirs, B, H), case
+        assert rel(out, want.output) < TOL, case
+        assert rel(h_n, want.h_n) < TOL, case
+    spec_output, spec_h_n = oracle.recurrent_forward(
+        layer.params, x, num_layers=num_layers, bidirectional=bidirectional,
+        nonlinearity=nonlinearity, h0=h0, lengths=lengths)
+    assert rel(out, spec_output) < TOL and rel(h_n, spec_h_n) < TOL, case
+    # without the h0 and lengths inputs
+    ro.export(layer, tmp_path / "bare.onnx", input=kind, h0=False, lengths=False)
+    out, h_n = run(tmp_path / "bare.onnx", x=x)
+    want = layer.forward(x)
+    assert rel(out, want.output) < TOL and rel(h_n, want.h_n) < TOL, case
+    # with a softmax head on top
+    head = rnn_ext.heads.Softmax(dirs * H, K, bias=bias, seed=8)
+    ro.export(layer, tmp_path / "head.onnx", input=kind, head=head)
+    probs, h_n = run(tmp_path / "head.onnx", x=x, h0=h0, lengths=lengths)
+    want = layer.forward(x, h0, lengths)
+    assert rel(probs, head.forward(want.output)) < TOL, case
+    assert rel(probs, oracle.softmax_head_forward(head.params["V"], head.params.get("c"),
+                                                  spec_output)) < TOL, case
+    assert rel(h_n, want.h_n) < TOL, case
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", [(2, False), (2, True), (3, True)])
+def test_multilayer_rnn_and_linear_head(tmp_path, num_layers, bidirectional):
+    dirs = 2 if bidirectional else 1
+    m = rnn_ext.RNN(D, H, K, num_layers=num_layers, bidirectional=bidirectional, seed=9,
+                    batch_first=True)
+    m.vocab = Vocab("abcdef")
+    rng = np.random.default_rng(9)
+    x = data("ids", rng, batch_first=True)
+    h0 = rng.standard_normal((num_layers * dirs, B, H)).astype(np.float32)
+    lengths = np.array([5, 3, 1])
+    ro.export(m, tmp_path / "m.onnx")  # ids: the model has a vocabulary
+    probs, h_n = run(tmp_path / "m.onnx", x=x, h0=h0, lengths=lengths)
+    want = m.forward(x, h0, lengths)
+    assert probs.shape == (B, T, K)
+    assert rel(probs, want.probs) < TOL and rel(h_n, want.h_n) < TOL
+    assert [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node].count("RNN") == num_layers
+    # a linear head on the model's layer (time-major: the layer's own batch_first is False)
+    lin = rnn_ext.heads.Linear(dirs * H, 2, seed=10)
+    ro.export(m.layer, tmp_path / "lin.onnx", input="ids", head=lin)
+    sess = session(tmp_path / "lin.onnx")
+    assert [o.name for o in sess.get_outputs()] == ["predictions", "h_n"]
+    xt = np.ascontiguousarray(x.T)
+    pred, _ = sess.run(None, {"x": xt, "h0": h0, "lengths": lengths})
+    assert rel(pred, lin.forward(m.layer.forward(xt, h0, lengths).output)) < TOL
+
+
 # --- bad input: clear errors, nothing left behind --------------------------------------------
 
 
@@ -198,6 +282,10 @@ def test_bad_input(tmp_path):
         (lambda: ro.export(object(), out), TypeError, "must be an rnn_ext.RNN or an rnn_ext.Recurrent, got builtins.object"),
         (lambda: ro.export("model.npz", out), TypeError, "got builtins.str"),
         (lambda: ro.export(m, out, head=object()), TypeError, "own head"),
+        (lambda: ro.export(rnn_ext.Recurrent(D, H), out, head=True), ValueError, "has none"),
+        (lambda: ro.export(rnn_ext.Recurrent(D, H), out, head=m), TypeError, "heads.Softmax"),
+        (lambda: ro.export(rnn_ext.Recurrent(D, H), out, head=rnn_ext.heads.Softmax(H + 1, K)),
+         ValueError, "takes 5 features"),
         (lambda: ro.export(m, out, input="onehot"), ValueError, "input must be one of"),
         (lambda: ro.export(m, out, opset=12), ValueError, r"opset must be in \[13, "),
         (lambda: ro.export(m, out, opset=17.0), TypeError, "opset must be an int"),
