@@ -22,9 +22,9 @@ the first RNN then multiplies it by an identity (its ``W`` input, built in the
 graph by ``EyeLike``, so it takes no room in the file).  A product with an
 identity adds only exact zeros, so the result is exactly column i of U; the
 extra cost is one (T*B, dirs*H) x (dirs*H, H) GEMM per direction, done once
-for all steps and never larger than the vocabulary (a ``OneHot`` input would
-cost T*B*D*H and silently map out-of-range ids to zero vectors, where
-``Gather`` fails).
+for all steps, whatever the vocabulary's size (a ``OneHot`` input with W = U
+would cost T*B*D*H and T*B*D floats, and silently map out-of-range ids to
+zero vectors, where ``Gather`` fails).
 
 See docs/onnx.md for the inputs and outputs a caller passes and gets.
 """
