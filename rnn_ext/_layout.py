@@ -32,17 +32,19 @@ class Layout:
     shapes: tuple[tuple[int, ...], ...]
     offsets: tuple[int, ...]
     size: int
+    sizes: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, entries: Iterable[tuple[str, tuple[int, ...]]]) -> Layout:
-        names, shapes, offsets = [], [], []
+        names, shapes, offsets, sizes = [], [], [], []
         at = 0
         for name, shape in entries:
             names.append(name)
             shapes.append(tuple(int(n) for n in shape))
             offsets.append(at)
-            at += int(np.prod(shape, dtype=np.int64))
-        return cls(tuple(names), tuple(shapes), tuple(offsets), at)
+            sizes.append(int(np.prod(shape, dtype=np.int64)))
+            at += sizes[-1]
+        return cls(tuple(names), tuple(shapes), tuple(offsets), at, tuple(sizes))
 
     def __add__(self, other: Layout) -> Layout:
         return Layout.of(list(self.entries()) + list(other.entries()))
@@ -60,11 +62,8 @@ class Layout:
         """{name: view of flat}, in layout order."""
         if flat.shape != (self.size,):
             raise ValueError(f"flat buffer must have shape ({self.size},), got {flat.shape}")
-        out = {}
-        for name, shape, at in zip(self.names, self.shapes, self.offsets):
-            n = int(np.prod(shape, dtype=np.int64))
-            out[name] = flat[at:at + n].reshape(shape)
-        return out
+        return {name: flat[at:at + n].reshape(shape)
+                for name, shape, at, n in zip(self.names, self.shapes, self.offsets, self.sizes)}
 
 
 def recurrent_layout(input_size: int, hidden_size: int, num_layers: int,
