@@ -20,6 +20,12 @@ print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-
 pip_install python "$TORCH_SPEC" "${dask_reqs[@]}"
 python -c "import torch, dask, distributed
 print('torch', torch.__version__, ' dask', dask.__version__, ' distributed', distributed.__version__)"
+# onnx and onnxruntime as the `onnx` extra asks, so tests/test_onnx.py runs rather than skips
+mapfile -t onnx_reqs < <(python -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["onnx"]))')
+pip_install python "${onnx_reqs[@]}"
+python -c "import onnx, onnxruntime
+print('onnx', onnx.__version__, ' onnxruntime', onnxruntime.__version__)"
 
 log "show_config"
 python -c "import rnn_ext; rnn_ext.show_config()"

@@ -4,6 +4,7 @@
                   --steps 2000 --optimizer adam --lr 2e-3 --clip 5 --out model.npz --seed 0
                   --plot loss.png]
     rnn-ext sample MODEL [--length 500 --temperature 0.8 --prime "The " --seed 1]
+    rnn-ext export MODEL OUT.onnx [--opset 17 --input ids|floats --no-head --float32]
 
 Without TEXTFILE, ``train`` uses CPython's documentation topics
 (``pydoc_data.topics``).  Bad input (a missing, empty or binary file, a text
@@ -162,11 +163,14 @@ def build_parser():
 
     parser = _Parser(prog=PROG, description="Train a character-level Elman RNN on a text, and sample from it.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export}", parser_class=_Parser)
     add_train_arguments(sub.add_parser(
         "train", help="train a model on a text file", description="Train a character-level RNN with "
         "truncated BPTT; losses are in bits per character."))
     add_sample_arguments(sub.add_parser("sample", help="generate text from a trained model"))
+    add_export_arguments(sub.add_parser(
+        "export", help="write a model as an ONNX graph", description="Write a model file as an "
+        "ONNX graph for ONNX Runtime (needs pip install 'rnn-ext[onnx]'); see docs/onnx.md."))
     return parser
 
 
@@ -413,6 +417,54 @@ def _cmd_sample(args, stop):
     return 0
 
 
+def add_export_arguments(p):
+    p.add_argument("model", help="a model file written by 'rnn-ext train' or RNN.save")
+    p.add_argument("out", help="the ONNX file to write (atomically)")
+    p.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--input", choices=("ids", "floats"), default=None,
+                   help="x holds int64 ids or floats (default: ids for a model trained on text)")
+    p.add_argument("--no-head", action="store_true",
+                   help="output the hidden states ('output') instead of the probabilities")
+    p.add_argument("--no-h0", action="store_true", help="no h0 input (the state starts at zero)")
+    p.add_argument("--no-lengths", action="store_true",
+                   help="no lengths input (every sequence runs all T steps)")
+    p.add_argument("--float32", action="store_true",
+                   help="write a float64 model as a float32 graph (ONNX Runtime's RNN is float32 only)")
+
+
+def _cmd_export(args):
+    import os
+
+    import numpy as np
+
+    from .io import load
+
+    try:
+        import onnx
+
+        from . import onnx as rnn_onnx
+    except ImportError:
+        raise CLIError("export needs onnx: pip install 'rnn-ext[onnx]'") from None
+    try:
+        model = load(args.model)
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.model}: {exc.strerror or exc}") from None
+    rnn_onnx.export(model, args.out, opset=args.opset or rnn_onnx.DEFAULT_OPSET, input=args.input,
+                    head=False if args.no_head else None, h0=not args.no_h0,
+                    lengths=not args.no_lengths, dtype=np.float32 if args.float32 else None)
+    graph = onnx.load(args.out).graph
+
+    def describe(values):
+        return ", ".join(
+            f"{v.name} {onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)} "
+            f"({', '.join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)})"
+            for v in values)
+
+    print(f"saved {args.out} ({os.path.getsize(args.out):,} bytes): inputs {describe(graph.input)}; "
+          f"outputs {describe(graph.output)}")
+    return 0
+
+
 def main(argv=None):
     """Run the command line; returns the exit status."""
     with _Interrupts() as stop:
@@ -432,6 +484,8 @@ def _main(argv, stop):
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
+        if args.command == "export":
+            return _cmd_export(args)
         run = _cmd_train if args.command == "train" else _cmd_sample
         return run(args, stop)
     except SystemExit as exc:  # --help, --version
