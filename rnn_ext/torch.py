@@ -263,15 +263,16 @@ or a PackedSequence
                      weights: list[torch.Tensor]) -> bool:
         """True when rnn_ext's kernels can run this call; else PyTorch's implementation does."""
         dtype = data.dtype
-        if dtype not in _NUMPY_DTYPE or data.device.type != "cpu" or type(data) not in _PLAIN:
+        if (dtype not in _NUMPY_DTYPE or not data.is_cpu or type(data) not in _PLAIN
+                or data.layout != torch.strided or data.numel() == 0):
             return False
-        if data.layout != torch.strided or data.numel() == 0:
-            return False
-        for t in weights if hx is None else [hx, *weights]:
-            if (t.dtype != dtype or t.device.type != "cpu" or type(t) not in _PLAIN
-                    or t.layout != torch.strided):
+        for t in weights if hx is None else (hx, *weights):
+            # dtypes are singletons; a sparse tensor is never float32/float64-strided
+            if t.dtype is not dtype or not t.is_cpu or type(t) not in _PLAIN or t.is_sparse:
                 return False
         if torch._C._is_any_autocast_enabled():
+            return False
+        if torch._C._functorch.peek_interpreter_stack() is not None:  # vmap, grad, jacrev, ...
             return False
         # nn.RNN accepts dropout=1 (every element dropped); Recurrent's dropout is in [0, 1)
         return not (self.training and self.num_layers > 1 and self.dropout >= 1)
@@ -289,7 +290,10 @@ or a PackedSequence
     def forward(self, input: Any, hx: torch.Tensor | None = None) -> Any:
         """Run the stack; see the class docstring for shapes and results."""
         names = self._flat_weights_names
-        weights = [getattr(self, name) for name in names]  # live: functional_call swaps them
+        # the live tensors: functional_call swaps them in _parameters, weight_norm-style
+        # hooks set plain attributes
+        params = self._parameters
+        weights = [params[n] if n in params else getattr(self, n) for n in names]
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if not self._kernel_runs(data, hx, weights):

@@ -495,6 +495,11 @@ def test_other_dtypes_autocast_and_devices_run_pytorchs_implementation():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = ours(x), ref(x)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+    # torch.func transforms wrap the tensors: PyTorch's implementation runs under them
+    ref, ours = pair(input_size=3, hidden_size=4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    got, want = (torch.func.grad(lambda x, m=m: m(x)[0].pow(2).sum())(x) for m in (ours, ref))
+    assert rel_diff(got, want) <= 1e-12
     meta = RNN(3, 4, num_layers=2, bidirectional=True, device="meta")
     out, h_n = meta(torch.empty(5, 2, 3, device="meta"))
     assert out.device.type == "meta" and out.shape == (5, 2, 8) and h_n.shape == (4, 2, 4)
