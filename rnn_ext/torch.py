@@ -67,15 +67,16 @@ class _Slot:
     views hold, so a backward right after its own forward copies nothing.
     """
 
-    __slots__ = ("layer", "lock", "loaded")
+    __slots__ = ("layer", "views", "lock", "loaded")
 
     def __init__(self, layer: Recurrent) -> None:
         self.layer = layer
+        self.views = layer.params  # {name: view into layer.flat}, fixed for the layer's life
         self.lock = threading.Lock()
         self.loaded: object = None
 
 
-def _load(layer: Recurrent, names: list[str], weights: tuple[torch.Tensor, ...],
+def _load(slot: _Slot, names: list[str], weights: tuple[torch.Tensor, ...],
           bias: bool) -> None:
     """Copy the module's weights into the layer's parameter views.
 
@@ -84,7 +85,7 @@ def _load(layer: Recurrent, names: list[str], weights: tuple[torch.Tensor, ...],
     the parameters, small next to the T·B-row products of a pass.
     """
     per = 4 if bias else 2
-    params = layer.params
+    params = slot.views
     for i in range(0, len(weights), per):
         tail = names[i][len("weight_ih"):]  # "_l{k}{suffix}"
         np.copyto(params["U" + tail], weights[i].detach().numpy())
@@ -99,6 +100,22 @@ def _numpy_or_none(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().contiguous().numpy()
 
 
+def _finite(t: torch.Tensor | None) -> bool:
+    return t is None or bool(torch.isfinite(t).all())
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A writable tensor sharing a's memory, for results no backward will read.
+
+    The layer hands out a one-direction top layer's output as a read-only
+    view of its states; without a backward to come nothing else reads them.
+    """
+    if not a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = True
+    return torch.from_numpy(a)
+
+
 def _run_forward(slot: _Slot, token: object, names: list[str], bias: bool,
                  weights: tuple[torch.Tensor, ...], x: torch.Tensor, h0: torch.Tensor | None,
                  lengths: np.ndarray | None, train: bool, seed: int | None) -> Any:
@@ -108,7 +125,7 @@ def _run_forward(slot: _Slot, token: object, names: list[str], bias: bool,
     the tensor's memory (no copy when contiguous).
     """
     try:
-        _load(slot.layer, names, weights, bias)
+        _load(slot, names, weights, bias)
         slot.loaded = token
         return slot.layer.forward(x.detach().numpy(), _numpy_or_none(h0), lengths,
                                   train=train, seed=seed)
@@ -134,13 +151,15 @@ class _RecurrentFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         token = object()
         fwd = _run_forward(slot, token, names, bias, weights, x, h0, lengths, train, seed)
-        output = torch.from_numpy(fwd.output)
+        out = fwd.output
+        # A one-direction output is a view of the states the backward reads;
+        # nn.RNN's output is the user's to change in place, so this one is too.
+        output = torch.from_numpy(out.copy() if not out.flags.writeable else out)
         h_n = torch.from_numpy(fwd.h_n)
         ctx.slot, ctx.fwd, ctx.token, ctx.names, ctx.bias = slot, fwd, token, names, bias
-        # Saved for their version counters: modifying any of them in place
-        # before backward raises, as it does with nn.RNN, instead of giving
-        # gradients of values the kernel never saw.
-        ctx.save_for_backward(x, h0, output, h_n, *weights)
+        # Saved for their version counters: changing the input, h0 or a weight
+        # in place before backward raises, as it does with nn.RNN.
+        ctx.save_for_backward(x, h0, *weights)
         ctx.set_materialize_grads(False)
         return output, h_n
 
@@ -150,14 +169,28 @@ class _RecurrentFunction(torch.autograd.Function):
                  d_h_n: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
         h0 = saved[1]
-        weights = saved[4:]
+        weights = saved[2:]
         slot = ctx.slot
         with slot.lock:
             if slot.loaded is not ctx.token:  # another call ran on this layer since
-                _load(slot.layer, ctx.names, weights, ctx.bias)
+                _load(slot, ctx.names, weights, ctx.bias)
                 slot.loaded = ctx.token
-            g = slot.layer.backward(ctx.fwd, _numpy_or_none(d_output), _numpy_or_none(d_h_n))
+            try:
+                g = slot.layer.backward(ctx.fwd, _numpy_or_none(d_output),
+                                        _numpy_or_none(d_h_n))
+            except ValueError:
+                if _finite(d_output) and _finite(d_h_n):
+                    raise
+                g = None  # rnn_ext refuses NaN/inf upstream gradients: NaN everywhere
         needs = ctx.needs_input_grad  # (slot, names, bias, lengths, train, seed, x, h0, *weights)
+        if g is None:
+            x = saved[0]
+            nan = float("nan")
+            return (None, None, None, None, None, None,
+                    torch.full_like(x, nan) if needs[6] else None,
+                    torch.full_like(h0, nan) if h0 is not None and needs[7] else None,
+                    *(torch.full_like(w, nan) if need else None
+                      for w, need in zip(weights, needs[8:])))
         dx = torch.from_numpy(g.x) if needs[6] else None
         dh0 = torch.from_numpy(g.h0) if h0 is not None and needs[7] else None
         dweights: list[torch.Tensor | None] = []
@@ -296,6 +329,7 @@ or a PackedSequence
         weights = [params[n] if n in params else getattr(self, n) for n in names]
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
+        hx_given = hx
         if not self._kernel_runs(data, hx, weights):
             return super().forward(input, hx)
 
@@ -346,17 +380,25 @@ or a PackedSequence
             x.requires_grad or (hx is not None and hx.requires_grad)
             or any(w.requires_grad for w in weights)
         )
-        if needs_grad:
-            output, h_n = _RecurrentFunction.apply(
-                slot, names, self.bias, lengths, train, seed, x, hx, *weights
-            )
-        else:
-            # no autograd: nothing of the pass outlives the call but its results
-            fwd = _run_forward(slot, None, names, self.bias, tuple(weights), x, hx, lengths,
-                               train, seed)
-            output = torch.from_numpy(fwd.output)
-            h_n = torch.from_numpy(fwd.h_n)
-            del fwd
+        try:
+            if needs_grad:
+                output, h_n = _RecurrentFunction.apply(
+                    slot, names, self.bias, lengths, train, seed, x, hx, *weights
+                )
+            else:
+                # no autograd: nothing of the pass outlives the call but its results
+                fwd = _run_forward(slot, None, names, self.bias, tuple(weights), x, hx,
+                                   lengths, train, seed)
+                out = fwd.output
+                if out.base is not None and out.base.size > 2 * out.size:
+                    out = out.copy()  # a view into every layer's states: keep the top's only
+                output, h_n = _tensor(out), torch.from_numpy(fwd.h_n)
+                del fwd, out
+        except ValueError:
+            # rnn_ext refuses NaN and infinity in x and h0; nn.RNN propagates them
+            if _finite(x) and _finite(hx):
+                raise
+            return super().forward(input, hx_given)
 
         if packed:
             out_data, _ = _VF._pack_padded_sequence(output, lengths_t, False)

@@ -7,6 +7,7 @@ in float64.  Ragged batches go in as PackedSequences with unsorted lengths.
 """
 
 import copy
+import gc
 import io
 import itertools
 import pickle
@@ -21,6 +22,7 @@ torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import rnn_ext.recurrent  # noqa: E402
+from rnn_ext._results import RecurrentForward  # noqa: E402
 from rnn_ext.torch import RNN  # noqa: E402
 
 # max |got - want| / max |want| per tensor
@@ -190,7 +192,7 @@ def test_non_contiguous_input_and_frozen_weights():
     assert ours.bias_hh_l0.grad is not None
 
 
-def test_input_is_handed_to_the_kernel_without_a_copy(monkeypatch):
+def test_input_reaches_the_layer_as_a_view_of_the_tensor(monkeypatch):
     seen = []
     forward = rnn_ext.recurrent.Recurrent.forward
 
@@ -411,31 +413,67 @@ def test_train_mode_dropout_gradients():
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_no_grad_keeps_no_activations(mode):
-    import gc
-
-    ref, ours = pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
-    x, h0 = inputs(ref, 5, 2, torch.float64, True)
+    ref, ours = pair(input_size=3, hidden_size=4, num_layers=3)
+    x, h0 = inputs(ref, 50, 2, torch.float64, True)
     want_out, want_h = ref(x, h0)
     context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with context:
         out, h_n = ours(x.requires_grad_(True), h0)
+        out.mul_(1)  # writable, as PyTorch's results are
     assert out.grad_fn is None and not out.requires_grad
     assert rel_diff(out, want_out) <= 1e-12 and rel_diff(h_n, want_h) <= 1e-12
     gc.collect()
-    forward_type = type(ours._rnn_ext_slots[next(iter(ours._rnn_ext_slots))][0].layer.forward(
-        x.detach().numpy()))
-    gc.collect()
-    assert not [o for o in gc.get_objects() if type(o) is forward_type]
+    assert not [o for o in gc.get_objects() if type(o) is RecurrentForward]
+    # the output does not hold the lower layers' states alive: 3 layers x 51 steps
+    assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
 
 
-def test_in_place_change_before_backward_raises_like_nn_rnn():
+@pytest.mark.parametrize("change", ["weight", "input"])
+def test_in_place_change_before_backward_raises_like_nn_rnn(change):
     for module in pair(input_size=3, hidden_size=4):
-        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-        out, _ = module(x)
+        w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+        inp = torch.randn(5, 2, 3, dtype=torch.float64) * w
+        out, _ = module(inp)
         with torch.no_grad():
-            module.weight_hh_l0.mul_(2)  # an optimizer step before backward
+            if change == "weight":
+                module.weight_hh_l0.mul_(2)  # an optimizer step before backward
+            else:
+                inp.add_(1)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             out.sum().backward()
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_output_changed_in_place_keeps_gradients_like_nn_rnn(bidirectional):
+    ref, ours = pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
+    x, _ = inputs(ref, 5, 2, torch.float64, False)
+    got, want = [], []
+    for module, grads in ((ours, got), (ref, want)):
+        xr = x.clone().requires_grad_(True)
+        out, _ = module(xr)
+        out.relu_()
+        out.sum().backward()
+        grads += [out, xr.grad, module.weight_hh_l0.grad]
+    for g, w in zip(got, want):
+        assert rel_diff(g, w) <= 1e-12
+
+
+def test_non_finite_values_propagate_like_nn_rnn():
+    """rnn_ext's layer refuses NaN/inf; the module gives nn.RNN's results instead."""
+    ref, ours = pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x, h0 = inputs(ref, 5, 2, torch.float64, True)
+    x[2, 1, 0] = float("nan")
+    h0[0, 0, 0] = float("inf")
+    for got, want in zip(ours(x, h0), ref(x, h0)):
+        assert torch.equal(got.isnan(), want.isnan())
+        assert rel_diff(got.nan_to_num(), want.nan_to_num()) <= 1e-12
+    x, h0 = inputs(ref, 5, 2, torch.float64, True)
+    x.requires_grad_(True)
+    out, _ = ours(x, h0)
+    d_out = torch.zeros_like(out)
+    d_out[3, 0, 1] = float("nan")
+    (dx,) = torch.autograd.grad(out, x, d_out)
+    assert dx.isnan().any() and dx.dtype == x.dtype
 
 
 def test_double_backward_raises_a_clear_error():
