@@ -326,7 +326,8 @@ or a PackedSequence
         # the live tensors: functional_call swaps them in _parameters, weight_norm-style
         # hooks set plain attributes
         params = self._parameters
-        weights = [params[n] if n in params else getattr(self, n) for n in names]
+        weights: list[torch.Tensor] = [params[n] if n in params else getattr(self, n)  # type: ignore[misc]
+                                       for n in names]
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         hx_given = hx
