@@ -65,15 +65,23 @@ class _Slot:
 
     ``loaded`` is the token of the call whose weights the layer's parameter
     views hold, so a backward right after its own forward copies nothing.
+    ``tensors``, ``ptrs`` and ``arrays`` are the weight tensors last loaded,
+    their data pointers and NumPy views of them, reused while the same
+    tensors hold the same storage (``.numpy()`` costs more than the copy at
+    small sizes; a tensor given new storage, ``p.data = ...``, gets a new
+    pointer since the old storage is kept alive by its view).
     """
 
-    __slots__ = ("layer", "views", "lock", "loaded")
+    __slots__ = ("layer", "views", "lock", "loaded", "tensors", "ptrs", "arrays")
 
     def __init__(self, layer: Recurrent) -> None:
         self.layer = layer
         self.views = layer.params  # {name: view into layer.flat}, fixed for the layer's life
         self.lock = threading.Lock()
         self.loaded: object = None
+        self.tensors: tuple[torch.Tensor, ...] = ()
+        self.ptrs: list[int] = []
+        self.arrays: list[np.ndarray] = []
 
 
 def _load(slot: _Slot, names: list[str], weights: tuple[torch.Tensor, ...],
@@ -84,16 +92,21 @@ def _load(slot: _Slot, names: list[str], weights: tuple[torch.Tensor, ...],
     direction weight_ih, weight_hh[, bias_ih, bias_hh].  Costs one pass over
     the parameters, small next to the T·B-row products of a pass.
     """
+    ptrs = [w.data_ptr() for w in weights]
+    if (ptrs != slot.ptrs or len(weights) != len(slot.tensors)
+            or any(a is not b for a, b in zip(weights, slot.tensors))):
+        slot.arrays = [w.detach().numpy() for w in weights]
+        slot.tensors, slot.ptrs = weights, ptrs
+    arrays = slot.arrays
     per = 4 if bias else 2
     params = slot.views
     for i in range(0, len(weights), per):
         tail = names[i][len("weight_ih"):]  # "_l{k}{suffix}"
-        np.copyto(params["U" + tail], weights[i].detach().numpy())
-        np.copyto(params["W" + tail], weights[i + 1].detach().numpy())
+        np.copyto(params["U" + tail], arrays[i])
+        np.copyto(params["W" + tail], arrays[i + 1])
         if bias:
             # b = bias_ih + bias_hh
-            np.add(weights[i + 2].detach().numpy(), weights[i + 3].detach().numpy(),
-                   out=params["b" + tail])
+            np.add(arrays[i + 2], arrays[i + 3], out=params["b" + tail])
 
 
 def _numpy_or_none(t: torch.Tensor | None) -> np.ndarray | None:

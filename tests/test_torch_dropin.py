@@ -485,6 +485,26 @@ def test_double_backward_raises_a_clear_error():
         dx.sum().backward()
 
 
+def test_weights_replaced_or_changed_between_calls():
+    """New storage (p.data = ...), writes through .data and plain in-place changes all reach
+    the kernel: nothing of a previous call's weights is reused."""
+    ref, ours = pair(input_size=3, hidden_size=4, num_layers=2)
+    x, h0 = inputs(ref, 5, 2, torch.float64, True)
+    ours(x, h0)
+    changes = [
+        lambda m: setattr(m.weight_hh_l0, "data", torch.randn(4, 4, dtype=torch.float64,
+                                                              generator=g)),
+        lambda m: m.bias_hh_l1.data.copy_(torch.randn(4, dtype=torch.float64, generator=g)),
+        lambda m: m.weight_ih_l1.detach().numpy().__imul__(-0.5),
+    ]
+    for change in changes:
+        g = torch.Generator().manual_seed(15)
+        change(ref)
+        g = torch.Generator().manual_seed(15)
+        change(ours)
+        assert_parity(results(ours, x, h0, None), results(ref, x, h0, None), TOL[torch.float64])
+
+
 def test_two_forwards_before_backward_with_other_weights_in_between():
     """A layer reused by a later call (here functional_call with other weights) is
     reloaded with the first call's weights before its backward."""
