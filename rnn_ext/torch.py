@@ -129,19 +129,33 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+class _NonFinite(Exception):
+    """NaN or infinity where rnn_ext's layer refuses it or its relu would hide it."""
+
+
 def _run_forward(slot: _Slot, token: object, names: list[str], bias: bool,
                  weights: tuple[torch.Tensor, ...], x: torch.Tensor, h0: torch.Tensor | None,
                  lengths: np.ndarray | None, train: bool, seed: int | None) -> Any:
     """Load the weights into the slot's layer and run its forward; releases the slot.
 
-    The caller holds ``slot.lock``.  x goes to the kernel as a NumPy view of
-    the tensor's memory (no copy when contiguous).
+    The caller holds ``slot.lock``.  x goes to the layer as a NumPy view of
+    the tensor's memory.  Raises _NonFinite for NaN or infinity in x or h0
+    (the layer refuses them) or, with relu, in the weights (the kernel's
+    max(a, 0) maps NaN to 0 where PyTorch's relu keeps NaN).
     """
     try:
         _load(slot, names, weights, bias)
         slot.loaded = token
-        return slot.layer.forward(x.detach().numpy(), _numpy_or_none(h0), lengths,
-                                  train=train, seed=seed)
+        layer = slot.layer
+        if layer.nonlinearity == "relu" and not np.isfinite(layer.flat).all():
+            raise _NonFinite
+        try:
+            return layer.forward(x.detach().numpy(), _numpy_or_none(h0), lengths,
+                                 train=train, seed=seed)
+        except ValueError:
+            if _finite(x) and _finite(h0):
+                raise
+            raise _NonFinite from None
     finally:
         slot.lock.release()
 
@@ -408,10 +422,7 @@ or a PackedSequence
                     out = out.copy()  # a view into every layer's states: keep the top's only
                 output, h_n = _tensor(out), torch.from_numpy(fwd.h_n)
                 del fwd, out
-        except ValueError:
-            # rnn_ext refuses NaN and infinity in x and h0; nn.RNN propagates them
-            if _finite(x) and _finite(hx):
-                raise
+        except _NonFinite:  # nn.RNN propagates NaN and infinity: let it
             return super().forward(input, hx_given)
 
         if packed:

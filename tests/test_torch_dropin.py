@@ -467,6 +467,15 @@ def test_non_finite_values_propagate_like_nn_rnn():
     for got, want in zip(ours(x, h0), ref(x, h0)):
         assert torch.equal(got.isnan(), want.isnan())
         assert rel_diff(got.nan_to_num(), want.nan_to_num()) <= 1e-12
+    for nonlinearity in ("tanh", "relu"):
+        ref, ours = pair(input_size=3, hidden_size=4, num_layers=2, nonlinearity=nonlinearity)
+        for module in (ref, ours):
+            with torch.no_grad():
+                module.weight_hh_l0[1, 2] = float("nan")
+        x, h0 = inputs(ref, 5, 2, torch.float64, True)
+        for got, want in zip(ours(x, h0), ref(x, h0)):
+            assert torch.equal(got.isnan(), want.isnan()), nonlinearity
+    ref, ours = pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
     x, h0 = inputs(ref, 5, 2, torch.float64, True)
     x.requires_grad_(True)
     out, _ = ours(x, h0)
