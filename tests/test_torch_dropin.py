@@ -25,6 +25,15 @@ import rnn_ext.recurrent  # noqa: E402
 from rnn_ext._results import RecurrentForward  # noqa: E402
 from rnn_ext.torch import RNN  # noqa: E402
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The cases are small: PyTorch's intra-op threads only contend for the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # max |got - want| / max |want| per tensor
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
