@@ -25,6 +25,7 @@ import rnn_ext.recurrent  # noqa: E402
 from rnn_ext._results import RecurrentForward  # noqa: E402
 from rnn_ext.torch import RNN  # noqa: E402
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
     """The cases are small: PyTorch's intra-op threads only contend for the cores."""
