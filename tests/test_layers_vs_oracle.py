@@ -246,3 +246,19 @@ def test_single_layer_seed_gives_the_seeds_numbers():
     bound = 1 / np.sqrt(4)
     for name, shape in [("U", (4, 3)), ("W", (4, 4)), ("b", (4,)), ("V", (5, 4)), ("c", (5,))]:
         np.testing.assert_array_equal(getattr(m, name), rng.uniform(-bound, bound, size=shape))
+
+
+def test_readme_building_blocks_example():
+    """The README's Recurrent + heads.Softmax example, as written there."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("## Building blocks"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    g_layer, g_head, layer = scope["g_layer"], scope["g_head"], scope["layer"]
+    assert g_layer.flat.shape == layer.flat.shape
+    assert g_head.params["V"].shape == (10, 128)
+    assert g_layer.x.shape == (8, 16, 8)
