@@ -160,6 +160,33 @@ def _run_forward(slot: _Slot, token: object, names: list[str], bias: bool,
         slot.lock.release()
 
 
+def _run_step(slot: _Slot, names: list[str], bias: bool, weights: tuple[torch.Tensor, ...],
+              x_t: torch.Tensor, h: torch.Tensor | None) -> np.ndarray:
+    """One time step of a unidirectional stack, no autograd: the new state (L, B, H).
+
+    ``Recurrent.step`` skips the sequence buffers ``forward`` sets up, a
+    large share of a single step's time.  Same locking and _NonFinite rule
+    as _run_forward (``step`` takes a carried state unchecked, so with relu
+    it is checked here).
+    """
+    try:
+        _load(slot, names, weights, bias)
+        slot.loaded = None
+        layer = slot.layer
+        h_np = _numpy_or_none(h)
+        if layer.nonlinearity == "relu" and not (
+                np.isfinite(layer.flat).all() and (h_np is None or np.isfinite(h_np).all())):
+            raise _NonFinite
+        try:
+            return layer.step(x_t.detach().numpy(), h_np)
+        except ValueError:
+            if _finite(x_t) and _finite(h):
+                raise
+            raise _NonFinite from None
+    finally:
+        slot.lock.release()
+
+
 class _RecurrentFunction(torch.autograd.Function):
     """(x, h0, weights...) -> (output, h_n) through one Recurrent layer.
 
@@ -409,7 +436,16 @@ or a PackedSequence
             or any(w.requires_grad for w in weights)
         )
         try:
-            if needs_grad:
+            if (not needs_grad and not packed and not train and not self.bidirectional
+                    and x.size(1 if batch_first else 0) == 1):
+                # one step with a carried state (generation, streaming)
+                h_new = _run_step(slot, names, self.bias, tuple(weights),
+                                  x[:, 0] if batch_first else x[0], hx)
+                top = h_new[-1:].copy()  # (1, B, H), apart from h_n as nn.RNN's are
+                output = torch.from_numpy(top.reshape(top.shape[1], 1, -1) if batch_first
+                                          else top)
+                h_n = torch.from_numpy(h_new)
+            elif needs_grad:
                 output, h_n = _RecurrentFunction.apply(
                     slot, names, self.bias, lengths, train, seed, x, hx, *weights
                 )

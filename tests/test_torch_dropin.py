@@ -468,6 +468,33 @@ def test_output_changed_in_place_keeps_gradients_like_nn_rnn(bidirectional):
         assert rel_diff(g, w) <= 1e-12
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_one_step_with_a_carried_state(batch_first, nonlinearity):
+    """T = 1 without autograd (generation): rnn_ext's one-step kernel, nn.RNN's results."""
+    ref, ours = pair(torch.float32, input_size=5, hidden_size=6, num_layers=2,
+                     nonlinearity=nonlinearity, batch_first=batch_first)
+    g = torch.Generator().manual_seed(16)
+    h_ref = h_ours = None
+    with torch.inference_mode():
+        for _ in range(20):
+            x = torch.randn(3, 1, 5, generator=g)
+            x = x if batch_first else x.transpose(0, 1).contiguous()
+            out_ref, h_ref = ref(x, h_ref)
+            out, h_ours = ours(x, h_ours)
+            assert rel_diff(out, out_ref) <= TOL[torch.float32]
+            assert rel_diff(h_ours, h_ref) <= TOL[torch.float32]
+        out.zero_()  # the output is apart from h_n
+        assert h_ours.abs().max() > 0
+        unbatched, h = ours(torch.randn(1, 5), torch.randn(2, 6))
+        assert unbatched.shape == (1, 6) and h.shape == (2, 6)
+        if nonlinearity == "relu":  # a NaN state reaches PyTorch's relu, which keeps it
+            h_nan = torch.zeros(2, 3, 6)
+            h_nan[0, 1, 2] = float("nan")
+            got, want = ours(x, h_nan), ref(x, h_nan)
+            assert all(torch.equal(a.isnan(), b.isnan()) for a, b in zip(got, want))
+
+
 def test_non_finite_values_propagate_like_nn_rnn():
     """rnn_ext's layer refuses NaN/inf; the module gives nn.RNN's results instead."""
     ref, ours = pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
