@@ -551,6 +551,19 @@ def test_weights_replaced_or_changed_between_calls():
         assert_parity(results(ours, x, h0, None), results(ref, x, h0, None), TOL[torch.float64])
 
 
+def test_parametrized_weights():
+    """torch.nn.utils.parametrizations (here weight_norm) compute a weight per call."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    ref, ours = pair(input_size=3, hidden_size=4, num_layers=2)
+    for module in (ref, ours):
+        weight_norm(module, "weight_hh_l1")
+    x, h0 = inputs(ref, 5, 2, torch.float64, True)
+    got, want = results(ours, x, h0, None), results(ref, x, h0, None)
+    assert "dparametrizations.weight_hh_l1.original0" in got
+    assert_parity(got, want, TOL[torch.float64])
+
+
 def test_two_forwards_before_backward_with_other_weights_in_between():
     """A layer reused by a later call (here functional_call with other weights) is
     reloaded with the first call's weights before its backward."""
