@@ -318,6 +318,7 @@ def test_bad_input_raises_nn_rnns_errors():
         (torch.randn(5, 3, dtype=torch.float64), torch.zeros(2, 1, 4, dtype=torch.float64)),
         (torch.randn(1, 5, 2, 3, dtype=torch.float64), None),        # 4-D
         (torch.randn(5, 2, 3, dtype=torch.float32), None),           # mixed dtypes
+        (torch.randn(0, 2, 3, dtype=torch.float64), None),           # no time steps
     ]
     for x, h0 in bad:
         with pytest.raises((RuntimeError, ValueError)) as want:
@@ -617,6 +618,9 @@ def test_other_dtypes_autocast_and_devices_run_pytorchs_implementation():
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     got, want = (torch.func.grad(lambda x, m=m: m(x)[0].pow(2).sum())(x) for m in (ours, ref))
     assert rel_diff(got, want) <= 1e-12
+    empty = torch.randn(5, 0, 3, dtype=torch.float64)  # an empty batch: PyTorch's shapes
+    assert [t.shape for t in ours(empty)] == [t.shape for t in ref(empty)] == [(5, 0, 4),
+                                                                              (2, 0, 4)]
     meta = RNN(3, 4, num_layers=2, bidirectional=True, device="meta")
     out, h_n = meta(torch.empty(5, 2, 3, device="meta"))
     assert out.device.type == "meta" and out.shape == (5, 2, 8) and h_n.shape == (4, 2, 4)
