@@ -633,6 +633,23 @@ def test_dropout_one_in_training_runs_pytorchs_implementation():
     assert torch.equal(out, ref(x)[0])  # layer 1 sees zeros: h = tanh(b) at every step
 
 
+def test_readme_example():
+    """The README's rnn_ext.torch example, as written there, against nn.RNN."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("## From PyTorch"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    rnn, torch_rnn, out = scope["rnn"], scope["torch_rnn"], scope["out"]
+    assert type(rnn) is RNN and out.shape == (25, 4, 128)
+    torch_rnn(scope["x"], scope["h0"])[0].square().mean().backward()
+    for name, p in rnn.named_parameters():
+        assert rel_diff(p.grad, getattr(torch_rnn, name).grad) <= TOL[torch.float32], name
+
+
 # --- imports -------------------------------------------------------------------------
 
 
