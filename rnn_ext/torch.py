@@ -21,9 +21,11 @@ Anything the kernels cannot run goes to PyTorch's own implementation
 (``torch.nn.RNN.forward``), unchanged: tensors off the CPU, dtypes other
 than float32/float64, input and weights of different dtypes (PyTorch's
 error), autocast, tensor subclasses (``torch.compile``'s fake tensors,
-``torch.func`` transforms), empty input, and ``dropout=1`` in training.
-Differentiating the gradient again (double backward) raises an error
-naming torch.nn.RNN.  docs/torch.md lists every case.
+``torch.func`` transforms), empty input, ``dropout=1`` in training, and NaN
+or infinity in the input or h0 (or in a relu RNN's weights).  Differentiating
+the gradient again (double backward) raises PyTorch's "differentiate twice"
+RuntimeError (the Function is once_differentiable); torch.nn.RNN with the same
+state dict does that.  docs/torch.md lists every case.
 
 PyTorch is an optional extra: importing this module without it raises
 ImportError naming ``pip install "rnn-ext[torch]"``; ``import rnn_ext``
