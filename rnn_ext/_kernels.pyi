@@ -36,6 +36,10 @@ def head_pass(
     B: int, loss: int, ignore_index: int, scale: float, what: int, dV: _F | None,
     dc: _F | None, dF: _F | None,
 ) -> float: ...
+def step_pass(
+    h: _F, h_out: _F, xf: _F | None, xi: _I | None, flat: _F, offs: _I, D: int, relu: bool,
+    V: _F | None, c: _F | None, Z: _F | None,
+) -> None: ...
 def model_pass(
     hs: _F, Z: _F, xf: _F | None, xi: _I | None, yi: _I | None, ys: _F | None, flat: _F,
     offs: _I, D: int, dirs: int, V: _F, c: _F | None, masks: _F | None, xin: _F | None,

@@ -32,6 +32,7 @@ from .recurrent import (
     per_layer,
     scratch,
     states,
+    step_inputs,
     top_output,
     user_layout,
 )
@@ -378,6 +379,35 @@ class RNN:
             if self._version == version:
                 return hs, Z, total
         raise RuntimeError("the model's parameters kept changing during the pass")
+
+    def step(self, x_t: Any, h: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """One time step: the next state and the output probabilities.
+
+        For generation, streaming and reinforcement learning: no sequence
+        buffers, no backward state, one kernel call.
+
+        Parameters
+        ----------
+        x_t : int id, (B,) ids, (D,) or (B, D) floats
+        h : ndarray of shape (L, B, H) (or (L, H) for unbatched x_t), optional
+            The state before the step, zeros by default; with one layer (B, H)
+            or (H,) is also accepted.
+
+        Returns
+        -------
+        h : ndarray of shape (L, B, H) (or (L, H)): every layer's new state
+        probs : ndarray of shape (B, K) (or (K,)): softmax(V h_top + c)
+
+        Equivalent to ``forward(x_t[None], h)`` read at its only step;
+        unidirectional models only.
+        """
+        s = self.layer._stack
+        xf, xi, h0, batched = step_inputs(s, x_t, h)
+        out = np.empty_like(h0)
+        Z = np.empty((h0.shape[1], self._output_size), dtype=s.dtype)
+        _kernels.step_pass(h0, out, xf, xi, self.layer._flat, self._offs, s.D, s.relu,
+                           self.head._params["V"], self.head._params.get("c"), Z)
+        return (out, Z) if batched else (out[:, 0], Z[0])
 
     def _run(self, what: int, x: Any, y: Any, h0: Any, lengths: Any, reduction: str,
              ignore_index: int, train: bool = False, seed: int | None = None):

@@ -125,6 +125,47 @@ def backward_buffers(s: Stack, batch: Batch, masks: np.ndarray | None, size: int
     }
 
 
+def step_inputs(s: Stack, x_t: Any, h: Any) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                     np.ndarray, bool]:
+    """(xf, xi, h, batched) for one step: x_t an int id, (B,) ids, (D,) or (B, D)
+    floats; h None, (L, B, H) or (L, H) (also (B, H) / (H,) for one layer).
+    The common case, a carried state from the previous step, is not copied."""
+    if s.dirs != 1:
+        raise ValueError("step needs a unidirectional layer: a reverse direction reads the "
+                         "whole sequence; use forward")
+    if isinstance(x_t, (int, np.integer)) and not isinstance(x_t, (bool, np.bool_)):
+        if not 0 <= x_t < s.D:
+            raise ValueError(f"x_t id must be in [0, {s.D}) (input_size), got {x_t}")
+        xi, xf, batched, B = np.array([x_t], dtype=np.intp), None, False, 1
+    else:
+        a = _as_array(x_t, "x_t")
+        if a.dtype.kind in "iu":
+            if a.ndim not in (0, 1):
+                raise ValueError(f"x_t of ids must be an int or (B,), got shape {a.shape}")
+            batched = a.ndim == 1
+            xi, xf = np.ascontiguousarray(a.reshape(-1), dtype=np.intp), None
+            if xi.size == 0 or xi.min() < 0 or xi.max() >= s.D:
+                raise ValueError(f"x_t ids must be in [0, {s.D}) (input_size), got {a}")
+        else:
+            if a.ndim not in (1, 2) or a.shape[-1] != s.D:
+                raise ValueError(f"x_t of floats must be ({s.D},) or (B, {s.D}), got shape {a.shape}")
+            batched = a.ndim == 2
+            xf, xi = _finite_cast(a, "x_t", s.dtype).reshape(-1, s.D), None
+        B = (xi if xi is not None else xf).shape[0]  # type: ignore[union-attr]
+    if h is None:
+        return xf, xi, np.zeros((s.L, B, s.H), dtype=s.dtype), batched
+    full = (s.L, B, s.H) if batched else (s.L, s.H)
+    short = (B, s.H) if batched else (s.H,)
+    if not (isinstance(h, np.ndarray) and h.dtype == s.dtype and h.flags.c_contiguous
+            and (h.shape == full or (s.L == 1 and h.shape == short))):
+        a = _as_array(h, "h")
+        if a.shape != full and not (s.L == 1 and a.shape == short):
+            raise ValueError(f"h must have shape {full} (num_layers, [batch,] hidden_size) for "
+                             f"this x_t, got {a.shape}")
+        h = _finite_cast(a, "h", s.dtype)
+    return xf, xi, h.reshape(s.L, B, s.H), batched
+
+
 def user_layout(a: np.ndarray, batch: Batch, batch_first: bool) -> np.ndarray:
     """A (T*B, n) or (T, B, n) array laid out as the user's x was."""
     a = a.reshape(batch.T, batch.B, -1)
@@ -365,6 +406,28 @@ class Recurrent:
             flat=g["flat"], params=self._layout.views(g["flat"]),
             x=user_layout(g["x"], batch, self.batch_first) if g["x"] is not None else None,
             h0=per_layer(g["h0"], batch))
+
+    def step(self, x_t: Any, h: Any = None) -> np.ndarray:
+        """One time step through every layer: the next state (generation, streaming).
+
+        Parameters
+        ----------
+        x_t : int id, (B,) ids, (D,) or (B, D) floats
+        h : ndarray of shape (L, B, H) (or (L, H) for unbatched x_t), optional
+            The state before the step (zeros by default): what the previous
+            step returned.
+
+        Returns
+        -------
+        ndarray of shape (L, B, H) (or (L, H)): h_t of every layer.  Equal to
+        ``forward(x[:1], h).h_n``; unidirectional layers only.
+        """
+        s = self._stack
+        xf, xi, h0, batched = step_inputs(s, x_t, h)
+        out = np.empty_like(h0)
+        _kernels.step_pass(h0, out, xf, xi, self._flat, self._offs, s.D, s.relu, None, None,
+                           None)
+        return out if batched else out[:, 0]
 
     def _upstream(self, name: str, value: Any, shape: tuple[int, ...],
                   batch: Batch | None) -> np.ndarray:

@@ -22,7 +22,7 @@ from cython cimport floating
 from _elementwise cimport RNN_EXT_HAVE_CLONES
 from _output cimport (Mode, PROBS, LOSS_ONLY, DZ, output_forward, output_backward,
                       softmax_loss, squared_error)
-from _recurrence cimport stack_forward, stack_backward, state_rows
+from _recurrence cimport stack_forward, stack_backward, stack_step, state_rows
 
 cdef extern from *:
     """
@@ -397,3 +397,51 @@ def id_range(const Py_ssize_t[::1] ids not None, Py_ssize_t ignore, bint use_ign
                 hi = v
             n += 1
     return lo, hi, n
+
+
+# ---------------------------------------------------------------------------
+# one time step, for generation and streaming
+
+def step_pass(const floating[:, :, ::1] h not None, floating[:, :, ::1] h_out not None,
+              const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
+              const floating[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
+              int D, bint relu, const floating[:, ::1] V, const floating[::1] c,
+              floating[:, ::1] Z):
+    """Eq. (1) for one step through every layer (one direction), then eq. (2).
+
+    h : (L, B, H) the states before the step;  h_out : (L, B, H) after it
+    xf : (B, D) floats or None;  xi : (B,) ids in [0, D) or None
+    flat, offs : as in layer_forward (offs is (L, 3));  V : (K, H) or None;
+    c : (K,) or None;  Z : (B, K) receives the probabilities when V is given
+    """
+    cdef Py_ssize_t L = h.shape[0], B = h.shape[1], H = h.shape[2]
+    expect(h_out.shape[0] == L and h_out.shape[1] == B and h_out.shape[2] == H
+           and offs.shape[0] == L and offs.shape[1] == 3 and B >= 1 and H >= 1, "h, offs")
+    expect((xf is None) != (xi is None), "exactly one of xf, xi")
+    expect(xf is None or (xf.shape[0] == B and xf.shape[1] == D), "xf")
+    expect(xi is None or xi.shape[0] == B, "xi")
+    cdef Py_ssize_t ld, need
+    for ld in range(L):
+        need = max(offs[ld, 0] + H * (D if ld == 0 else H), offs[ld, 1] + H * H, offs[ld, 2] + H)
+        expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and need <= flat.shape[0], "offs")
+    cdef int K = 0
+    if V is not None:
+        K = V.shape[0]
+        expect(V.shape[1] == H and Z is not None and Z.shape[0] == B and Z.shape[1] == K
+               and (c is None or c.shape[0] == K), "V, c, Z")
+    cdef const floating* pxf = ptr2(xf)
+    cdef const Py_ssize_t* pxi = iptr(xi)
+    cdef const floating* ph = &h[0, 0, 0]
+    cdef floating* pout = &h_out[0, 0, 0]
+    cdef const floating* pflat = &flat[0]
+    cdef const Py_ssize_t* poffs = &offs[0, 0]
+    cdef const floating* pV = ptr2(V)
+    cdef const floating* pc = ptr1(c)
+    cdef floating* pZ = <floating*>ptr2(Z) if V is not None else NULL
+    with nogil:
+        stack_step(pxf, pxi, ph, pout, pflat, poffs, <int>B, D, <int>H, <int>L, relu)
+        if pV != NULL:
+            output_forward(pZ, pout + (L - 1) * B * H, <const floating*>NULL, pV, pc, B,
+                           <int>H, K)
+            softmax_loss(pZ, <const Py_ssize_t*>NULL, <const floating*>NULL,
+                         <const Py_ssize_t*>NULL, B, <int>B, K, 0, 1, PROBS)

@@ -8,7 +8,7 @@ from cython cimport floating
 from libc.math cimport exp, log
 from libc.string cimport memcpy, memset
 
-from _blas cimport gemm
+from _blas cimport gemm, gemv
 from _elementwise cimport rnn_ext_expf_shift_inplace, column_sums
 
 # What a loss kernel leaves in Z.
@@ -32,6 +32,10 @@ cdef inline void output_forward(floating* Z, const floating* F0, const floating*
     if c != NULL:
         for r in range(N):
             memcpy(Z + r * K, c, K * sizeof(floating))
+    if N == 1 and parts == 1:
+        # one row (a single step): z = V @ f + z, a GEMV, not a 1-row GEMM
+        gemv(c'N', K, P, 1, V, P, F0, 1 if c != NULL else 0, Z)
+        return
     for e in range(parts):
         # Z += F_e @ V[:, e*P:(e+1)*P].T
         gemm(c'N', c'T', <int>N, K, P, 1, F0 if e == 0 else F1, P, V + e * P, parts * P,

@@ -329,3 +329,50 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                     gemm(c'N', c'N', <int>TB, H, H, 1, delta + (k * dirs + d) * T * BH, H,
                          flat + offs[3 * (k * dirs + d)] + e * H, Hd, 0 if d == 0 else 1,
                          out, H)
+
+
+cdef inline void stack_step(const floating* xf, const Py_ssize_t* xi, const floating* h,
+                            floating* h_out, const floating* flat, const Py_ssize_t* offs,
+                            int B, int D, int H, int L, bint relu) noexcept nogil:
+    """Eq. (1) for one time step through L one-direction layers.  Overwrites h_out.
+
+    xf is (B, D) or NULL when xi (B,) ids is given; h, h_out are (L, B, H)
+    """
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H, r, j, i
+    cdef int k
+    cdef const floating* U
+    cdef const floating* W
+    cdef const floating* b
+    cdef const floating* below
+    cdef floating* a
+    for k in range(L):
+        U = flat + offs[3 * k]
+        W = flat + offs[3 * k + 1]
+        b = flat + offs[3 * k + 2] if offs[3 * k + 2] >= 0 else NULL
+        a = h_out + k * BH
+        if b != NULL:
+            for r in range(B):
+                memcpy(a + r * H, b, H * sizeof(floating))
+        if k == 0 and xi != NULL:
+            # a += U[:, id]: the one-hot's column
+            for r in range(B):
+                i = xi[r]
+                for j in range(H):
+                    a[r * H + j] = U[j * D + i] + (a[r * H + j] if b != NULL else 0)
+        else:
+            below = xf if k == 0 else h_out + (k - 1) * BH
+            if B == 1:
+                # a += U @ x
+                gemv(c'N', H, D if k == 0 else H, 1, U, D if k == 0 else H, below,
+                     1 if b != NULL else 0, a)
+            else:
+                # a += X @ U.T
+                gemm(c'N', c'T', B, H, D if k == 0 else H, 1, below, D if k == 0 else H, U,
+                     D if k == 0 else H, 1 if b != NULL else 0, a, H)
+        if B == 1:
+            # a += W @ h
+            gemv(c'N', H, H, 1, W, H, h + k * BH, 1, a)
+        else:
+            # a += h @ W.T
+            gemm(c'N', c'T', B, H, H, 1, h + k * BH, H, W, H, 1, a, H)
+        activate(a, BH, relu)
