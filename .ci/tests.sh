@@ -11,8 +11,8 @@ new_venv "$venv"
 source "$venv/bin/activate"
 cd "$ROOT"
 
-log "install (editable, with the test and plot extras); $TORCH_SPEC (CPU build) and the dask extra"
-pip_install python -e ".[test,plot]"
+log "install (editable, with the test, plot and examples extras); $TORCH_SPEC (CPU build) and the dask extra"
+pip_install python -e ".[test,plot,examples]"
 # The optional peers, so their tests run rather than skip: torch pinned to the
 # one CPU build tested against, dask as the `dask` extra asks.
 mapfile -t dask_reqs < <(python -c 'import tomllib
