@@ -67,7 +67,7 @@ extensions = [
         "rnn_ext._wsr",
         ["src/_wsr.pyx", *WSR_SOURCES],
         include_dirs=["src"],
-        depends=["src/wsr.h", "src/wsr_internal.h"],
+        depends=["src/wsr.h", "src/wsr_internal.h", "src/_blas.pxd", "src/_fastmath.h"],
         extra_compile_args=compile_args + wsr_link_args,
         extra_link_args=link_args + wsr_link_args,
     ),

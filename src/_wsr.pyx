@@ -17,6 +17,8 @@ check their arguments and raise ValueError / TypeError.
 """
 from libc.stddef cimport ptrdiff_t
 
+from _blas cimport gemm, gemv
+
 import numpy as np
 
 cdef extern from "wsr.h" nogil:
@@ -32,6 +34,21 @@ cdef extern from "wsr.h" nogil:
 
 cdef extern from "wsr_internal.h" nogil:
     int rnn_ext_wsr_supported(const char* name)
+
+# the tanh loop of src/_kernels.pyx, for blas_forward; this module does not
+# use the header's exp loop, which GCC would otherwise warn about
+cdef extern from *:
+    """
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic push
+    #pragma GCC diagnostic ignored "-Wunused-function"
+    #endif
+    #include "_fastmath.h"
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic pop
+    #endif
+    """
+    void rnn_ext_tanhf_inplace(float* a, Py_ssize_t n) nogil
 
 #: every instruction-set path the library knows, best last
 PATHS = ("portable", "neon", "avx2", "avx512")
@@ -205,3 +222,73 @@ def set_path(name):
 def available_paths():
     """The paths this build and CPU can run, best last."""
     return tuple(name for name in PATHS if rnn_ext_wsr_supported(name.encode()))
+
+
+def blas_forward(W, hs, relu=False):
+    """For comparison: the forward recurrence as src/_kernels.pyx runs it, one BLAS call a step.
+
+    hs[t+1] = f(hs[t+1] + hs[t] @ W.T) for t = 0 .. T-1 (no lengths, not reversed).
+    W : ndarray of shape (H, H), float32;  hs : ndarray of shape (T+1, B, H), float32
+    """
+    _check_hs(hs)
+    _check_W(W, hs.shape[2])
+    WT = np.ascontiguousarray(W.T)
+    cdef int T = hs.shape[0] - 1, B = hs.shape[1], H = hs.shape[2], t
+    cdef Py_ssize_t i, BH = <Py_ssize_t>B * H
+    cdef const float[:, ::1] w = W
+    cdef const float[:, ::1] wt = WT
+    cdef float[:, :, ::1] h = hs
+    cdef bint rl = bool(relu)
+    cdef float* cur
+    with nogil:
+        for t in range(T):
+            cur = &h[t + 1, 0, 0]
+            if B == 1:
+                # cur += W @ prev
+                gemv(c'N', H, H, 1, &w[0, 0], H, &h[t, 0, 0], 1, cur)
+            else:
+                # cur += prev @ W.T
+                gemm(c'N', c'N', B, H, H, 1, &h[t, 0, 0], H, &wt[0, 0], H, 1, cur, H)
+            if rl:
+                for i in range(BH):
+                    cur[i] = cur[i] if cur[i] > 0 else 0
+            else:
+                rnn_ext_tanhf_inplace(cur, BH)
+
+
+def blas_backward(W, delta, hs, relu=False):
+    """For comparison: eq. (5) as src/_kernels.pyx runs it, one BLAS call a step.
+
+    delta[t] = (delta[t] + delta[t+1] @ W) * f'(hs[t+1]) for t = T-1 .. 0 (no lengths).
+    W : ndarray of shape (H, H), float32;  delta : ndarray of shape (T, B, H), float32;
+    hs : ndarray of shape (T+1, B, H), float32
+    """
+    _check_array("delta", delta, 3)
+    _check_hs(hs)
+    cdef int T = delta.shape[0], B = delta.shape[1], H = delta.shape[2], t
+    _check_W(W, H)
+    if hs.shape != (T + 1, B, H):
+        raise ValueError(f"hs must have shape {(T + 1, B, H)}, got {hs.shape}")
+    cdef Py_ssize_t i, BH = <Py_ssize_t>B * H
+    cdef const float[:, ::1] w = W
+    cdef float[:, :, ::1] d = delta
+    cdef const float[:, :, ::1] h = hs
+    cdef bint rl = bool(relu)
+    cdef float* cur
+    cdef const float* hh
+    with nogil:
+        for t in range(T - 1, -1, -1):
+            cur = &d[t, 0, 0]
+            if t < T - 1:
+                if B == 1:
+                    # cur += W.T @ delta[t+1]
+                    gemv(c'T', H, H, 1, &w[0, 0], H, &d[t + 1, 0, 0], 1, cur)
+                else:
+                    # cur += delta[t+1] @ W
+                    gemm(c'N', c'N', B, H, H, 1, &d[t + 1, 0, 0], H, &w[0, 0], H, 1, cur, H)
+            hh = &h[t + 1, 0, 0]
+            for i in range(BH):
+                if rl:
+                    cur[i] = cur[i] if hh[i] > 0 else 0
+                else:
+                    cur[i] = cur[i] * (1 - hh[i] * hh[i])

@@ -385,3 +385,21 @@ def test_bad_input_raises():
         _wsr.backward(W, hs[1:], hs)
     with pytest.raises(ValueError, match="floats"):
         _wsr.forward_packed(np.zeros(3, dtype=np.float32), hs)
+
+
+@pytest.mark.parametrize("B", [1, 5])
+@pytest.mark.parametrize("relu", [False, True])
+def test_blas_loops_match(B, relu):
+    # the per-step BLAS loops the benchmark compares against compute the same
+    T, H = 4, 40
+    W, hs_in, delta_in = problem(T, B, H, 11, relu)
+    want = hs_in.copy()
+    _wsr.forward(W, want, relu=relu)
+    got = hs_in.copy()
+    _wsr.blas_forward(W, got, relu)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    want_d = delta_in.copy()
+    _wsr.backward(W, want_d, want, relu=relu)
+    got_d = delta_in.copy()
+    _wsr.blas_backward(W, got_d, want, relu)
+    np.testing.assert_allclose(got_d, want_d, rtol=0, atol=1e-5 * max(1, np.abs(want_d).max()))
