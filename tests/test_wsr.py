@@ -403,3 +403,16 @@ def test_blas_loops_match(B, relu):
     got_d = delta_in.copy()
     _wsr.blas_backward(W, got_d, want, relu)
     np.testing.assert_allclose(got_d, want_d, rtol=0, atol=1e-5 * max(1, np.abs(want_d).max()))
+
+
+def test_show_config_names_the_recurrence_path():
+    import io
+
+    import rnn_ext
+
+    buf = io.StringIO()
+    rnn_ext.show_config(file=buf)
+    assert f"float32 recurrence path: {_wsr.path()} " in buf.getvalue()
+    info = rnn_ext.show_config(mode="dicts")
+    assert info["recurrence"]["path"] == _wsr.path()
+    assert info["recurrence"]["available"] == list(_wsr.available_paths())
