@@ -26,6 +26,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <time.h>
 #endif
 
 #if WSR_X86_64
@@ -348,9 +349,26 @@ static struct {
 #endif
 } g_pool;
 
-/* spin iterations before yielding, yields before sleeping */
-#define SPIN_PAUSES 4000
-#define SPIN_YIELDS 64
+/* How long a waiter spins (pause), then yields, before it sleeps.  A
+ * partner thread normally arrives within microseconds of a step; when the
+ * machine is oversubscribed it may be descheduled, and yielding early lets it
+ * run on this core.  Between jobs, workers sleep sooner. */
+#define SPIN_NS 20000LL
+#define YIELD_NS_STEP 2000000LL
+#define YIELD_NS_IDLE 200000LL
+
+static long long now_ns(void) {
+#if defined(_WIN32)
+    LARGE_INTEGER t, f;
+    QueryPerformanceCounter(&t);
+    QueryPerformanceFrequency(&f);
+    return (long long)((double)t.QuadPart * 1e9 / (double)f.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+#endif
+}
 
 static void os_yield(void) {
 #if defined(_WIN32)
@@ -360,15 +378,19 @@ static void os_yield(void) {
 #endif
 }
 
-/* wait until *p != old */
-static void wait_change(wsr_atomic* p, long old) {
-    for (int i = 0; i < SPIN_PAUSES; i++) {
+/* wait until *p != old: spin, yield for up to yield_ns, then sleep */
+static void wait_change(wsr_atomic* p, long old, long long yield_ns) {
+    if (atomic_load(p) != old) return;
+    const long long start = now_ns();
+    for (unsigned i = 1;; i++) {
         if (atomic_load(p) != old) return;
         cpu_relax();
+        if (i % 64 == 0 && now_ns() - start > SPIN_NS) break;
     }
-    for (int i = 0; i < SPIN_YIELDS; i++) {
+    for (;;) {
         if (atomic_load(p) != old) return;
         os_yield();
+        if (now_ns() - start > SPIN_NS + yield_ns) break;
     }
 #if defined(_WIN32)
     AcquireSRWLockExclusive(&g_pool.lock);
@@ -407,14 +429,14 @@ static void barrier(int n) {
         atomic_add(&g_pool.bar_gen, 1);
         wake_sleepers();
     } else {
-        wait_change(&g_pool.bar_gen, gen);
+        wait_change(&g_pool.bar_gen, gen, YIELD_NS_STEP);
     }
 }
 
 static void worker_loop(int id) {
     long seen = 0;
     for (;;) {
-        wait_change(&g_pool.slot[id].gen, seen);
+        wait_change(&g_pool.slot[id].gen, seen, YIELD_NS_IDLE);
         seen = atomic_load(&g_pool.slot[id].gen);
         job_run(g_pool.slot[id].job, id);
     }

@@ -20,6 +20,7 @@ Every instruction-set path this CPU supports is tested; with RNN_EXT_SIMD set
 use.
 """
 
+import io
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ import warnings
 import numpy as np
 import pytest
 
+import rnn_ext
 from rnn_ext import _wsr
 
 FORCED = os.environ.get("RNN_EXT_SIMD")
@@ -406,10 +408,6 @@ def test_blas_loops_match(B, relu):
 
 
 def test_show_config_names_the_recurrence_path():
-    import io
-
-    import rnn_ext
-
     buf = io.StringIO()
     rnn_ext.show_config(file=buf)
     assert f"float32 recurrence path: {_wsr.path()} " in buf.getvalue()
