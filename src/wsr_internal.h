@@ -45,7 +45,7 @@
 #define WSR_TARGET(isa) __attribute__((target(isa)))
 #define WSR_INLINE static inline __attribute__((always_inline))
 #if defined(__clang__)
-#define WSR_UNROLL _Pragma("unroll")
+#define WSR_UNROLL _Pragma("clang loop unroll(full)")
 #else
 #define WSR_UNROLL _Pragma("GCC unroll 16")
 #endif
