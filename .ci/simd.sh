@@ -7,7 +7,9 @@
 #      for aarch64 (-Wall -Wextra -Werror, static) and run under qemu-aarch64:
 #      the NEON and portable paths against a naive float64 reference;
 #   3. the C kernels compiled for Windows with x86_64-w64-mingw32-gcc
-#      (-Wall -Wextra -Werror; Win32 threads) and the check linked.
+#      (-Wall -Wextra -Werror; Win32 threads) and the check linked;
+#   4. where clang is installed (not installed by this step), the C check
+#      built with clang -Werror and run natively.
 # Missing cross tools are installed first with apt-get (needs root).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -69,3 +71,11 @@ done
 x86_64-w64-mingw32-gcc "${cflags[@]}" "$ROOT/tests/c/wsr_check.c" "$out"/*.obj \
     -o "$out/wsr_check.exe"
 echo "compiled warning-free: ${wsr_c[*]##*/}; linked wsr_check.exe"
+
+if command -v clang > /dev/null; then
+    log "clang $(clang -dumpversion): the C check built with -Werror and run natively"
+    clang "${cflags[@]}" -O3 -pthread "$ROOT/tests/c/wsr_check.c" "${wsr_c[@]}" -o "$out/wsr_check-clang" -lm
+    "$out/wsr_check-clang"
+else
+    echo "clang not installed: its build of the C kernels not checked here"
+fi

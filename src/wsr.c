@@ -45,7 +45,10 @@
 typedef volatile long wsr_atomic;
 static long atomic_load(wsr_atomic* p) {
 #if defined(_M_ARM64)
-    return (long)__ldar32((volatile unsigned __int32*)p);
+    /* as MSVC's own <atomic> does an acquire load on ARM64 */
+    const long v = (long)__iso_volatile_load32((const volatile __int32*)p);
+    __dmb(0xB); /* _ARM64_BARRIER_ISH */
+    return v;
 #else
     const long v = *p; /* x86 loads are acquire loads */
     _ReadWriteBarrier();

@@ -38,11 +38,13 @@
 #if defined(_MSC_VER) && !defined(__clang__)
 /* MSVC accepts every intrinsic in every function; no target attribute */
 #define WSR_TARGET(isa)
+#define WSR_STATIC_INLINE static __inline
 #define WSR_INLINE static __forceinline
 #define WSR_UNROLL
 #define WSR_RESTRICT __restrict
 #else
 #define WSR_TARGET(isa) __attribute__((target(isa)))
+#define WSR_STATIC_INLINE static inline
 #define WSR_INLINE static inline __attribute__((always_inline))
 #if defined(__clang__)
 #define WSR_UNROLL _Pragma("clang loop unroll(full)")
@@ -110,7 +112,7 @@ extern const wsr_kernels rnn_ext_wsr_neon;
 #define WSR_TANH_Q2 2.26843463243900e-03f
 #define WSR_TANH_Q3 4.89352518554385e-03f
 
-static inline float wsr_tanhf(float a) {
+WSR_STATIC_INLINE float wsr_tanhf(float a) {
     float x = a > WSR_TANH_CLAMP ? WSR_TANH_CLAMP : a;
     x = x < -WSR_TANH_CLAMP ? -WSR_TANH_CLAMP : x;
     const float x2 = x * x;
@@ -129,6 +131,6 @@ static inline float wsr_tanhf(float a) {
 }
 
 /* relu as the rest of rnn_ext has it: a > 0 ? a : 0 (a NaN gives 0) */
-static inline float wsr_reluf(float a) { return a > 0.0f ? a : 0.0f; }
+WSR_STATIC_INLINE float wsr_reluf(float a) { return a > 0.0f ? a : 0.0f; }
 
 #endif
