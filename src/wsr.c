@@ -214,15 +214,19 @@ void rnn_ext_wsr_pack(const float* W, int H, float* packed_fwd, float* packed_bw
     for (int p = 0; p < P; p++) {
         const ptrdiff_t base = (ptrdiff_t)p * H * WSR_NR;
         if (packed_fwd != NULL) {
-            /* panel p, row k: W.T[k, p*32 + j] = W[p*32 + j, k] */
-            for (int j = 0; j < WSR_NR; j++) {
-                const int c = p * WSR_NR + j;
-                float* dst = packed_fwd + base + j;
-                if (c < H) {
-                    const float* row = W + (ptrdiff_t)c * H;
-                    for (int k = 0; k < H; k++) dst[(ptrdiff_t)k * WSR_NR] = row[k];
-                } else {
-                    for (int k = 0; k < H; k++) dst[(ptrdiff_t)k * WSR_NR] = 0.0f;
+            /* panel p, row k: W.T[k, p*32 + j] = W[p*32 + j, k]; a transpose
+             * in blocks of 32 k, so that the block's panel rows stay in cache */
+            for (int k0 = 0; k0 < H; k0 += WSR_NR) {
+                const int kn = H - k0 < WSR_NR ? H - k0 : WSR_NR;
+                float* dst = packed_fwd + base + (ptrdiff_t)k0 * WSR_NR;
+                for (int j = 0; j < WSR_NR; j++) {
+                    const int c = p * WSR_NR + j;
+                    if (c < H) {
+                        const float* row = W + (ptrdiff_t)c * H + k0;
+                        for (int k = 0; k < kn; k++) dst[k * WSR_NR + j] = row[k];
+                    } else {
+                        for (int k = 0; k < kn; k++) dst[k * WSR_NR + j] = 0.0f;
+                    }
                 }
             }
         }
