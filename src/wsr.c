@@ -38,6 +38,17 @@
 
 #define WSR_MAX_THREADS 64
 
+/* prefetch into L2 (and outer levels) */
+#if defined(_MSC_VER) && !defined(__clang__)
+#if WSR_X86_64
+#define WSR_PREFETCH_L2(p) _mm_prefetch((const char*)(p), _MM_HINT_T1)
+#else
+#define WSR_PREFETCH_L2(p) ((void)(p))
+#endif
+#else
+#define WSR_PREFETCH_L2(p) __builtin_prefetch((const void*)(p), 0, 2)
+#endif
+
 /* ------------------------------------------------------------------------
  * atomics: GCC/Clang builtins (also mingw), Interlocked functions on MSVC */
 
@@ -258,46 +269,71 @@ typedef struct wsr_job {
 
 static void barrier(int n);
 
+/* Step i of the job: the kernel's pointers in s (packed, B, H, relu set by
+ * the caller), the rows that padded steps get (NULL: zeros); returns t. */
+static int step_setup(const wsr_job* job, int i, wsr_step* s, const float** fill) {
+    const int T = job->T;
+    const ptrdiff_t BH = (ptrdiff_t)job->B * job->H;
+    float* x = job->x;
+    int t;
+    *fill = NULL;
+    if (!job->backward) {
+        t = job->reverse ? T - 1 - i : i;
+        if (!job->reverse) {
+            /* hs[t+1] = f(A[t] + hs[t] @ W.T) */
+            s->out = x + (t + 1) * BH;
+            s->in = x + t * BH;
+        } else {
+            /* hs[t] = f(A[t] + hs[t+1] @ W.T); padded rows restart from h0 */
+            s->out = x + t * BH;
+            s->in = x + (t + 1) * BH;
+            *fill = x + T * BH;
+        }
+        s->h = NULL;
+    } else {
+        t = job->reverse ? i : T - 1 - i;
+        s->out = x + t * BH;
+        if (!job->reverse) {
+            /* delta[t] = (delta[t] + delta[t+1] @ W) * f'(hs[t+1]) */
+            s->in = i == 0 ? NULL : x + (t + 1) * BH;
+            s->h = job->hs + (t + 1) * BH;
+        } else {
+            /* delta[t] = (delta[t] + delta[t-1] @ W) * f'(hs[t]) */
+            s->in = i == 0 ? NULL : x + (t - 1) * BH;
+            s->h = job->hs + t * BH;
+        }
+    }
+    return t;
+}
+
 /* Thread tid of job->nthreads: every step for its own panels, a barrier
  * after each (the last one also tells the caller the job is done). */
 static void job_run(const wsr_job* job, int tid) {
     const int n = job->nthreads, P = job->npanels, T = job->T, B = job->B, H = job->H;
     const int p0 = (int)((long long)P * tid / n), p1 = (int)((long long)P * (tid + 1) / n);
     const int c0 = p0 * WSR_NR, c1 = p1 * WSR_NR < H ? p1 * WSR_NR : H;
-    const ptrdiff_t BH = (ptrdiff_t)B * H;
-    float* x = job->x;
     wsr_step s;
     s.packed = job->packed;
     s.B = B;
     s.H = H;
     s.relu = job->relu;
-    s.h = NULL;
     for (int i = 0; i < T; i++) {
-        int t;
-        const float* fill = NULL; /* masked rows: NULL zeros, else these rows */
-        if (!job->backward) {
-            t = job->reverse ? T - 1 - i : i;
-            if (!job->reverse) {
-                /* hs[t+1] = f(A[t] + hs[t] @ W.T) */
-                s.out = x + (t + 1) * BH;
-                s.in = x + t * BH;
-            } else {
-                /* hs[t] = f(A[t] + hs[t+1] @ W.T); padded rows restart from h0 */
-                s.out = x + t * BH;
-                s.in = x + (t + 1) * BH;
-                fill = x + T * BH;
-            }
-        } else {
-            t = job->reverse ? i : T - 1 - i;
-            s.out = x + t * BH;
-            if (!job->reverse) {
-                /* delta[t] = (delta[t] + delta[t+1] @ W) * f'(hs[t+1]) */
-                s.in = i == 0 ? NULL : x + (t + 1) * BH;
-                s.h = job->hs + (t + 1) * BH;
-            } else {
-                /* delta[t] = (delta[t] + delta[t-1] @ W) * f'(hs[t]) */
-                s.in = i == 0 ? NULL : x + (t - 1) * BH;
-                s.h = job->hs + t * BH;
+        const float* fill;
+        const int t = step_setup(job, i, &s, &fill);
+        if (i + 1 < T && c0 < c1) {
+            /* the next step's A[t] or upstream rows, and its h_t rows, into L2
+             * while this step computes: each is read once, in the epilogue
+             * or at a tile's start, and would otherwise miss to L3 */
+            wsr_step next = s;
+            const float* unused;
+            step_setup(job, i + 1, &next, &unused);
+            for (int b = 0; b < B; b++) {
+                const float* o = next.out + (ptrdiff_t)b * H;
+                const float* h = next.h != NULL ? next.h + (ptrdiff_t)b * H : NULL;
+                for (int j = c0; j < c1; j += 16) {
+                    WSR_PREFETCH_L2(o + j);
+                    if (h != NULL) WSR_PREFETCH_L2(h + j);
+                }
             }
         }
         if (c0 < c1) {

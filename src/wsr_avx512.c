@@ -76,9 +76,10 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR,
             }
         }
     }
+    /* the epilogue: every result first, then every store, so that no load of h
+     * waits behind a store to out at the same address modulo 4 KiB */
     WSR_UNROLL
     for (int r = 0; r < MR; r++) {
-        float* o = s->out + (ptrdiff_t)(b0 + r) * H + c;
         const float* h = bwd ? s->h + (ptrdiff_t)(b0 + r) * H + c : NULL;
         WSR_UNROLL
         for (int v = 0; v < NV; v++) {
@@ -99,8 +100,14 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR,
                     /* forward: h = tanh(a)  ->  da = (1 - h*h) dh */
                     x = _mm512_mul_ps(x, _mm512_fnmadd_ps(hv, hv, _mm512_set1_ps(1.0f)));
             }
-            _mm512_mask_storeu_ps(o + VW * v, m[v], x);
+            acc[r][v] = x;
         }
+    }
+    WSR_UNROLL
+    for (int r = 0; r < MR; r++) {
+        float* o = s->out + (ptrdiff_t)(b0 + r) * H + c;
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o + VW * v, m[v], acc[r][v]);
     }
 }
 

@@ -87,9 +87,10 @@ WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR, con
             }
         }
     }
+    /* the epilogue: every result first, then every store, so that no load of h
+     * waits behind a store to out */
     WSR_UNROLL
     for (int r = 0; r < MR; r++) {
-        float* o = s->out + (ptrdiff_t)(b0 + r) * H + c;
         const float* h = bwd ? s->h + (ptrdiff_t)(b0 + r) * H + c : NULL;
         WSR_UNROLL
         for (int v = 0; v < NV; v++) {
@@ -110,8 +111,14 @@ WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR, con
                     /* forward: h = tanh(a)  ->  da = (1 - h*h) dh */
                     x = vmulq_f32(x, vfmsq_f32(vdupq_n_f32(1.0f), hv, hv));
             }
-            store(o + VW * v, n[v], x);
+            acc[r][v] = x;
         }
+    }
+    WSR_UNROLL
+    for (int r = 0; r < MR; r++) {
+        float* o = s->out + (ptrdiff_t)(b0 + r) * H + c;
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++) store(o + VW * v, n[v], acc[r][v]);
     }
 }
 
