@@ -267,7 +267,7 @@ typedef struct wsr_job {
     int nthreads, npanels;
 } wsr_job;
 
-static void barrier(int n);
+static void barrier(int n, int tid);
 
 /* Step i of the job: the kernel's pointers in s (packed, B, H, relu set by
  * the caller), the rows that padded steps get (NULL: zeros); returns t. */
@@ -349,7 +349,7 @@ static void job_run(const wsr_job* job, int tid) {
                 }
             }
         }
-        if (n > 1) barrier(n);
+        if (n > 1) barrier(n, tid);
     }
 }
 
@@ -368,7 +368,8 @@ static void job_run(const wsr_job* job, int tid) {
 typedef struct {
     wsr_atomic gen;
     const wsr_job* job;
-    char pad[64 - sizeof(wsr_atomic) - sizeof(void*)];
+    long long spin_ns; /* this thread's spin budget in barriers; its own */
+    char pad[64 - sizeof(wsr_atomic) - sizeof(void*) - sizeof(long long)];
 } wsr_slot;
 
 static struct {
@@ -393,10 +394,16 @@ static struct {
 } g_pool;
 
 /* How long a waiter spins (pause), then yields, before it sleeps.  A
- * partner thread normally arrives within microseconds of a step; when the
- * machine is oversubscribed it may be descheduled, and yielding early lets it
- * run on this core.  Between jobs, workers sleep sooner. */
-#define SPIN_NS 20000LL
+ * partner thread normally arrives within microseconds of a step, and a spin
+ * notices it at once.  When the machine is oversubscribed the partner may be
+ * waiting for this very core, and spinning only delays it: each thread keeps
+ * its own spin budget, halved whenever a wait outlasted the spin and grown
+ * again when spins succeed, so that it soon yields at once.  Yielding with
+ * nothing else to run costs about a microsecond a round.  Between jobs,
+ * workers spin briefly and sleep sooner. */
+#define SPIN_NS_MAX 20000LL
+#define SPIN_NS_MIN 500LL
+#define SPIN_NS_IDLE 5000LL
 #define YIELD_NS_STEP 2000000LL
 #define YIELD_NS_IDLE 200000LL
 
@@ -421,19 +428,24 @@ static void os_yield(void) {
 #endif
 }
 
-/* wait until *p != old: spin, yield for up to yield_ns, then sleep */
-static void wait_change(wsr_atomic* p, long old, long long yield_ns) {
+/* wait until *p != old: spin for up to *spin_ns, yield for up to yield_ns,
+ * then sleep; *spin_ns adapts (above) */
+static void wait_change(wsr_atomic* p, long old, long long* spin_ns, long long yield_ns) {
     if (atomic_load(p) != old) return;
     const long long start = now_ns();
     for (unsigned i = 1;; i++) {
-        if (atomic_load(p) != old) return;
+        if (atomic_load(p) != old) {
+            *spin_ns += *spin_ns / 8 < SPIN_NS_MAX - *spin_ns ? *spin_ns / 8 : SPIN_NS_MAX - *spin_ns;
+            return;
+        }
         cpu_relax();
-        if (i % 64 == 0 && now_ns() - start > SPIN_NS) break;
+        if (i % 16 == 0 && now_ns() - start > *spin_ns) break;
     }
+    *spin_ns = *spin_ns / 2 > SPIN_NS_MIN ? *spin_ns / 2 : SPIN_NS_MIN;
     for (;;) {
         if (atomic_load(p) != old) return;
         os_yield();
-        if (now_ns() - start > SPIN_NS + yield_ns) break;
+        if (now_ns() - start > *spin_ns + yield_ns) break;
     }
 #if defined(_WIN32)
     AcquireSRWLockExclusive(&g_pool.lock);
@@ -464,22 +476,23 @@ static void wake_sleepers(void) {
 #endif
 }
 
-/* all n threads of the current job meet here */
-static void barrier(int n) {
+/* all n threads of the current job meet here; tid is the caller's */
+static void barrier(int n, int tid) {
     const long gen = atomic_load(&g_pool.bar_gen);
     if (atomic_add(&g_pool.bar_count, 1) == n - 1) {
         atomic_store(&g_pool.bar_count, 0);
         atomic_add(&g_pool.bar_gen, 1);
         wake_sleepers();
     } else {
-        wait_change(&g_pool.bar_gen, gen, YIELD_NS_STEP);
+        wait_change(&g_pool.bar_gen, gen, &g_pool.slot[tid].spin_ns, YIELD_NS_STEP);
     }
 }
 
 static void worker_loop(int id) {
     long seen = 0;
     for (;;) {
-        wait_change(&g_pool.slot[id].gen, seen, YIELD_NS_IDLE);
+        long long spin = SPIN_NS_IDLE;
+        wait_change(&g_pool.slot[id].gen, seen, &spin, YIELD_NS_IDLE);
         seen = atomic_load(&g_pool.slot[id].gen);
         job_run(g_pool.slot[id].job, id);
     }
@@ -520,6 +533,7 @@ static int pool_grow(int want) {
         pthread_cond_init(&g_pool.cond, NULL);
         pthread_atfork(NULL, NULL, pool_after_fork_child);
 #endif
+        g_pool.slot[0].spin_ns = SPIN_NS_MAX; /* the caller's, whichever thread it is */
         g_pool.initialised = 1;
     }
     if (want > WSR_MAX_THREADS - 1) want = WSR_MAX_THREADS - 1;
@@ -532,6 +546,7 @@ static int pool_grow(int want) {
     while (g_pool.nworkers < want) {
         const int id = g_pool.nworkers + 1;
         g_pool.slot[id].gen = 0;
+        g_pool.slot[id].spin_ns = SPIN_NS_MAX;
 #if defined(_WIN32)
         uintptr_t h = _beginthreadex(NULL, 0, worker_main, (void*)(intptr_t)id, 0, NULL);
         if (h == 0) break;
