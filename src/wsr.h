@@ -22,16 +22,25 @@
  * every path, so the path may change between pack and use.
  *
  * Threads: a persistent pool (pthreads; Win32 threads under _WIN32), created
- * at the first multi-threaded call and reused.  One call at a time uses it;
- * a call made while another holds it runs single-threaded (same results).
- * The pool survives fork() in the child (it is rebuilt there).  nthreads <= 1
- * runs inline on the calling thread; the count actually used is
- * min(nthreads, number of panels = ceil(H / 32), 64).
+ * at the first multi-threaded call and reused.  Thread i owns a fixed run of
+ * whole panels for the whole call; the threads meet once per time step at a
+ * barrier (spin, then yield, then sleep; the spin adapts, so threads that
+ * share a core on an oversubscribed machine yield at once).  One call at a
+ * time uses the pool; a call made while another holds it runs
+ * single-threaded instead (same results, never a deadlock).  The pool is
+ * rebuilt in a fork()ed child.  nthreads <= 1 runs inline on the calling
+ * thread; otherwise min(nthreads, P = ceil(H / 32), 64) threads run, the
+ * caller among them.  nthreads is honoured as given: a barrier costs about
+ * half a microsecond, so one thread is faster when a step has little work
+ * (break-even measured on a 2-core AVX-512 machine: B*H*H around 2^15).
  *
- * The caller guarantees: H >= 1, T >= 1, B >= 1; buffers of the sizes below,
- * not overlapping except as stated; lengths in [1, T].  No alignment is
- * required (64-byte-aligned packed buffers are fastest).  The functions
- * never fail and never allocate except for the thread pool.
+ * The caller guarantees: H >= 1, B >= 1 (T <= 0 does nothing); packed
+ * buffers written by rnn_ext_wsr_pack for this W and H and not changed since;
+ * buffers of the sizes below, not overlapping except as stated; lengths in
+ * [1, T].  No alignment is required (64-byte-aligned buffers are fastest).
+ * The functions touch no Python state (call them with the GIL released),
+ * never fail and never allocate, except that the first multi-threaded call
+ * starts the pool's threads (if that fails, fewer threads run).
  */
 #ifndef RNN_EXT_WSR_H
 #define RNN_EXT_WSR_H
