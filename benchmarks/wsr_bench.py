@@ -103,6 +103,7 @@ class Case:
 
 def main(argv=None):
     args = parse_args(argv)
+    load_start = os.getloadavg()
     cases = [Case(args.T, B, H) for B in args.B for H in args.H]
     times = {}  # (n, B, H, kind) -> [seconds]
     sgemm = {n: [] for n in args.threads}
@@ -121,9 +122,12 @@ def main(argv=None):
                         times.setdefault(key, []).append(c.time(kind, n, args.min_time))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
+    load_end = os.getloadavg()
     print(f"rnn_ext {rnn_ext.__version__}, path {_wsr.path()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus; T={args.T}, float32, tanh; medians of {args.rounds} rounds")
     print(f"BLAS: {roofline.blas_description()}")
+    print(f"load average (1, 5, 15 min) at start {load_start[0]:.2f} {load_start[1]:.2f} "
+          f"{load_start[2]:.2f}, at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     for n in args.threads:
         rate = statistics.median(sgemm[n])
         print(f"\n{n} thread(s): sgemm {args.sgemm_size}^2 = {rate:.1f} GFLOP/s "
