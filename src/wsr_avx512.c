@@ -142,12 +142,23 @@ static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1]
     const int mr0 = B < MR_MAX ? B : MR_MAX;
     /* vectors per tile: enough independent accumulators for the first rows */
     const int nv0 = mr0 >= 5 ? 2 : mr0 >= 3 ? 4 : 8;
+    /* blocks of mr0 rows; a last block of fewer than mr0/2 rows has too few
+     * accumulators, so it shares with the one before (33 rows by 8: 8 + 8 +
+     * 8 + 5 + 4, not 8 + 8 + 8 + 8 + 1) */
+    const int rem = B % mr0;
+    const int split = rem > 0 && rem < mr0 / 2 && B > mr0 ? B - rem - mr0 : B;
     for (int c = c0; c < c1; c += VW * nv0) {
         const int left = (c1 - c + VW - 1) / VW;
         const int nv = left < nv0 ? left : nv0;
-        for (int b0 = 0; b0 < B; b0 += mr0) {
+        int b0 = 0;
+        for (; b0 < split; b0 += mr0) {
             const int mr = B - b0 < mr0 ? B - b0 : mr0;
             tab[mr][nv](s, b0, c, c1);
+        }
+        if (split < B) {
+            const int half = (B - split + 1) / 2;
+            tab[half][nv](s, split, c, c1);
+            tab[B - split - half][nv](s, split + half, c, c1);
         }
     }
 }
