@@ -15,7 +15,8 @@ steps, each 2·T·B·H² flops:
 
 reported as GFLOP/s and as % of the same run's large-sgemm rate on n threads
 (scipy.linalg.blas.sgemm, 2048 x 2048, benchmarks/roofline.py).  Packing W
-(once per pass) is timed on its own and shown as % of the wsr fwd time.
+(once per pass, both layouts, into buffers allocated once) is timed on its
+own and shown as % of the wsr fwd time.
 Cases, recurrences and thread counts are interleaved: every round times
 each once (a block of calls lasting at least --min-time), the sgemm rate
 once per thread count; the table shows medians over --rounds rounds, so that
@@ -86,7 +87,7 @@ class Case:
         elif kind == "blas bwd":
             _wsr.blas_backward(self.W, self.dwork, self.hs)
         elif kind == "pack":
-            _wsr.pack(self.W)
+            _wsr.pack(self.W, out=(self.fwd, self.bwd))
 
     def time(self, kind, n, min_time):
         """Seconds per call: calls in one block until min_time has passed."""

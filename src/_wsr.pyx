@@ -100,17 +100,27 @@ def _aligned_empty(n):
     return raw[skip:skip + n]
 
 
-def pack(W):
+def pack(W, out=None):
     """Pack W once: returns (packed_fwd, packed_bwd), each of packed_size(H) floats.
 
     W : ndarray of shape (H, H), float32
+    out : (packed_fwd, packed_bwd) to overwrite, each of shape (packed_size(H),),
+        float32; None allocates them (64-byte aligned)
     """
     _check_array("W", W, 2)
     if W.shape[0] != W.shape[1]:
         raise ValueError(f"W must be square (H, H), got shape {W.shape}")
     cdef int H = W.shape[0]
-    fwd = _aligned_empty(rnn_ext_wsr_packed_size(H))
-    bwd = _aligned_empty(rnn_ext_wsr_packed_size(H))
+    if out is None:
+        fwd = _aligned_empty(rnn_ext_wsr_packed_size(H))
+        bwd = _aligned_empty(rnn_ext_wsr_packed_size(H))
+    else:
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError("out must be a tuple (packed_fwd, packed_bwd), got "
+                            f"{type(out).__name__}")
+        fwd, bwd = out
+        _check_packed("out[0]", fwd, H)
+        _check_packed("out[1]", bwd, H)
     cdef const float[:, ::1] w = W
     cdef float[::1] f = fwd
     cdef float[::1] b = bwd

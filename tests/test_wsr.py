@@ -279,6 +279,12 @@ def test_pack_layout(H):
         panels = packed.reshape(P, H, 32).transpose(1, 0, 2).reshape(H, P * 32)
         np.testing.assert_array_equal(panels[:, :H], Wf)
         assert np.all(panels[:, H:] == 0)
+    # into given buffers, overwriting whatever they held
+    out = (np.full_like(fwd, np.nan), np.full_like(bwd, np.nan))
+    got = _wsr.pack(W, out=out)
+    assert got[0] is out[0] and got[1] is out[1]
+    np.testing.assert_array_equal(out[0], fwd)
+    np.testing.assert_array_equal(out[1], bwd)
 
 
 def test_threads_match_on_wide_problem(path):
