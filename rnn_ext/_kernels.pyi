@@ -18,33 +18,34 @@ LOSS: int
 GRAD_V: int
 FULL: int
 
-def run_pass(
-    hs: _F,
-    Z: _F,
-    xf: _F | None,
-    xi: _I | None,
-    yi: _I | None,
-    ys: _F | None,
-    U: _F,
-    UT: _F | None,
-    W: _F,
-    WT: _F | None,
-    b: _F | None,
-    V: _F,
-    c: _F | None,
-    lengths: _I | None,
-    relu: bool,
-    ignore_index: int,
-    scale: float,
-    what: int,
-    dV: _F | None,
-    dc: _F | None,
-    delta: _F | None,
-    dU: _F | None,
-    dUT: _F | None,
-    dW: _F | None,
-    db: _F | None,
-    dh0: _F | None,
-    dx: _F | None,
+SOFTMAX: int
+MSE: int
+
+def layer_forward(
+    hs: _F, xf: _F | None, xi: _I | None, flat: _F, offs: _I, D: int, dirs: int,
+    masks: _F | None, xin: _F | None, WT: _F | None, UT: _F | None,
+    lengths: _I | None, relu: bool,
+) -> None: ...
+def layer_backward(
+    delta: _F, hs: _F, xf: _F | None, xi: _I | None, flat: _F, offs: _I, D: int, dirs: int,
+    masks: _F | None, xin: _F | None, d_hn: _F | None, dflat: _F, dx: _F | None, dh0: _F,
+    dUT: _F | None, G: _F, dX: _F | None, lengths: _I | None, relu: bool,
+) -> None: ...
+def head_pass(
+    Z: _F, F: _F, yi: _I | None, ys: _F | None, V: _F, c: _F | None, lengths: _I | None,
+    B: int, loss: int, ignore_index: int, scale: float, what: int, dV: _F | None,
+    dc: _F | None, dF: _F | None,
+) -> float: ...
+def step_pass(
+    h: _F, h_out: _F, xf: _F | None, xi: _I | None, flat: _F, offs: _I, D: int, relu: bool,
+    V: _F | None, c: _F | None, Z: _F | None,
+) -> None: ...
+def model_pass(
+    hs: _F, Z: _F, xf: _F | None, xi: _I | None, yi: _I | None, ys: _F | None, flat: _F,
+    offs: _I, D: int, dirs: int, V: _F, c: _F | None, masks: _F | None, xin: _F | None,
+    WT: _F | None, UT: _F | None, lengths: _I | None, relu: bool, ignore_index: int,
+    scale: float, what: int, dflat: _F | None, dV: _F | None, dc: _F | None,
+    delta: _F | None, dx: _F | None, dh0: _F | None, dUT: _F | None, G: _F | None,
+    dX: _F | None,
 ) -> float: ...
 def id_range(ids: _I, ignore: int, use_ignore: bool) -> tuple[int, int, int]: ...

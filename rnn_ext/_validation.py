@@ -103,7 +103,8 @@ class Batch:
     """One validated call's inputs, in the kernel's layout.
 
     xf is (T*B, D) floats or None; xi (T*B,) intp ids or None; yi (T*B,) ids or
-    None; ys (T*B, K) target rows or None; h0 is (B, H); lengths (B,) or None.
+    None; ys (T*B, K) target rows or None; h0 is (L*dirs, B, H); lengths (B,)
+    or None.
     """
 
     T: int
@@ -169,14 +170,21 @@ def _check_lengths(lengths: Any, T: int, B: int, batched: bool) -> np.ndarray | 
     return np.ascontiguousarray(a, dtype=np.intp)
 
 
-def _check_h0(h0: Any, B: int, H: int, batched: bool, dtype: np.dtype) -> np.ndarray:
+def _check_h0(h0: Any, B: int, H: int, batched: bool, dtype: np.dtype, Ld: int) -> np.ndarray:
+    """h0 as (Ld, B, H): one state per layer and direction, PyTorch's order.
+    With one layer and one direction the leading axis may be left out."""
     if h0 is None:
-        return np.zeros((B, H), dtype=dtype)
+        return np.zeros((Ld, B, H), dtype=dtype)
     a = _as_array(h0, "h0")
-    want = (B, H) if batched else (H,)
-    if a.shape != want:
-        raise ValueError(f"h0 must have shape {want} for this x, got {a.shape}")
-    return _finite_cast(a, "h0", dtype).reshape(B, H)
+    full = (Ld, B, H) if batched else (Ld, H)
+    short = (B, H) if batched else (H,)
+    if a.shape != full and not (Ld == 1 and a.shape == short):
+        if Ld == 1:
+            raise ValueError(f"h0 must have shape {short} for this x, got {a.shape} "
+                             f"({full}, one state per layer and direction, is also accepted)")
+        raise ValueError(f"h0 must have shape {full} for this x "
+                         f"(num_layers * num_directions, batch, hidden_size), got {a.shape}")
+    return _finite_cast(a, "h0", dtype).reshape(Ld, B, H)
 
 
 def _check_y(y: Any, T: int, B: int, K: int, batched: bool, batch_first: bool,
@@ -233,7 +241,8 @@ def check_seed(seed: Any) -> int | None:
 
 
 def check_batch(x: Any, y: Any, h0: Any, lengths: Any, *, D: int, H: int, K: int,
-                dtype: np.dtype, batch_first: bool, ignore_index: int = -100) -> Batch:
+                dtype: np.dtype, batch_first: bool, ignore_index: int = -100,
+                Ld: int = 1) -> Batch:
     """Validate one call's x (and y, h0, lengths) and lay them out for the kernel."""
     xi, xf, batched, T, B = _check_x(x, D, dtype, batch_first)
     if T == 0 or B == 0:
@@ -241,7 +250,7 @@ def check_batch(x: Any, y: Any, h0: Any, lengths: Any, *, D: int, H: int, K: int
     if T * B * max(D, H, K) > _BLAS_INT_MAX:
         raise ValueError(f"x is too large: T*B*max(D, H, K) = {T * B * max(D, H, K)} exceeds {_BLAS_INT_MAX}")
     lens = _check_lengths(lengths, T, B, batched)
-    h0a = _check_h0(h0, B, H, batched, dtype)
+    h0a = _check_h0(h0, B, H, batched, dtype, Ld)
     yi = ys = None
     count = 0
     if y is not None:

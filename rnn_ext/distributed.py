@@ -297,7 +297,7 @@ def loss_and_grad(model: Any, x: Any, y: Any, h0: Any = None, lengths: Any = Non
 
     def shard(lo: int, hi: int) -> tuple:
         return (np.ascontiguousarray(xs[:, lo:hi]), np.ascontiguousarray(ys[:, lo:hi]),
-                batch.h0[lo:hi], None if batch.lengths is None else batch.lengths[lo:hi])
+                batch.h0[0, lo:hi], None if batch.lengths is None else batch.lengths[lo:hi])
 
     last: BaseException | None = None
     for _ in range(RETRIES + 1):

@@ -1,4 +1,5 @@
-"""The RNN class: parameters, validation, and the calls into the kernels."""
+"""The RNN model: a :class:`~rnn_ext.Recurrent` layer and a
+:class:`~rnn_ext.heads.Softmax` head in one flat buffer, run as one fused pass."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, torch_interop
+from ._layout import Layout, head_layout, init_uniform, layer_offsets, recurrent_layout
 from ._results import ForwardResult, Gradients
 from ._threads import pass_threads
 from ._validation import (
-    NONLINEARITIES,
     Batch,
     check_batch,
     check_dtype,
@@ -22,14 +23,31 @@ from ._validation import (
     check_seed,
     check_size,
 )
+from .heads import Softmax
+from .recurrent import (
+    Recurrent,
+    backward_buffers,
+    dropout_masks,
+    final_states,
+    per_layer,
+    scratch,
+    states,
+    step_inputs,
+    top_output,
+    user_layout,
+)
 
 __all__ = ["RNN"]
 
 _FORWARD, _LOSS, _GRAD_V, _FULL = _kernels.FORWARD, _kernels.LOSS, _kernels.GRAD_V, _kernels.FULL
 
+# The seed's letters for a one-layer, one-direction model, and their names in the layer.
+_LEGACY = {"U": "U_l0", "W": "W_l0", "b": "b_l0"}
+_LEGACY_ORDER = ("U", "W", "V", "b", "c")
 
 class RNN:
-    r"""An Elman RNN with a softmax output layer (DESIGN.md §1).
+    r"""An Elman RNN with a softmax output layer (DESIGN.md §1), stacked and
+    bidirectional if asked.
 
     .. math::
 
@@ -44,6 +62,12 @@ class RNN:
             h = np.tanh(x[t] @ U.T + h @ W.T + b)     # eq. (1)
             probs[t] = softmax(h @ V.T + c)           # eq. (2)
 
+    With ``num_layers`` > 1 or ``bidirectional`` the recurrence is
+    :class:`~rnn_ext.Recurrent`'s and the head reads its top layer's output
+    (dirs*H features).  The model is exactly ``layer`` + ``head``, whose
+    parameters share the model's one flat buffer; every pass runs both in one
+    GIL-free kernel call.
+
     Parameters
     ----------
     input_size : int
@@ -52,6 +76,10 @@ class RNN:
         H, the size of h_t.
     output_size : int
         K, the number of classes.
+    num_layers : int, default 1
+    bidirectional : bool, default False
+    dropout : float in [0, 1), default 0
+        Between layers, in training passes only (``loss_and_grad(..., train=True)``).
     bias : bool, default True
         With False, b and c are absent and the equations are the book's exactly.
     nonlinearity : {"tanh", "relu"}, default "tanh"
@@ -59,59 +87,66 @@ class RNN:
         The dtype of every parameter and of every array returned.
     seed : int or None
         Seed for ``numpy.random.default_rng``; parameters are drawn, as in
-        PyTorch, uniformly from [-1/sqrt(H), 1/sqrt(H)].
+        PyTorch, uniformly from [-1/sqrt(H), 1/sqrt(H)], in the order of ``flat``.
     batch_first : bool, default False
         With True, batched x, y, h, probs and dx are (B, T, ...), not (T, B, ...).
 
     Attributes
     ----------
-    U : ndarray of shape (H, D)
-    W : ndarray of shape (H, H)
-    V : ndarray of shape (K, H)
-    b : ndarray of shape (H,) or None
-    c : ndarray of shape (K,) or None
+    U, W, b : ndarray
+        Layer 0's forward direction: (H, D), (H, H), (H,) or None.
+    V : ndarray of shape (K, dirs*H);  c : ndarray of shape (K,) or None
+    layer : Recurrent;  head : heads.Softmax
+    flat : ndarray
+        Every parameter: the layer's, then V and c.
     vocab : rnn_ext.text.Vocab or None
         Set when the model was trained on text.
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *,
+                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  bias: bool = True, nonlinearity: str = "tanh", dtype: Any = np.float32,
                  seed: int | None = None, batch_first: bool = False) -> None:
-        # The configuration is fixed at construction (read-only properties):
-        # the kernels size every buffer from it.
-        self._input_size = check_size("input_size", input_size)
-        self._hidden_size = check_size("hidden_size", hidden_size)
         self._output_size = check_size("output_size", output_size)
-        self._bias = check_flag("bias", bias)
-        if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-        self._nonlinearity = nonlinearity
-        self._dtype = check_dtype(dtype)
+        dtype = check_dtype(dtype)
+        rng = np.random.default_rng(check_seed(seed))
+        # one buffer, the layer's parameters then the head's; every number is
+        # drawn in that order, so one layer without direction gets the numbers
+        # it always had (U, W, b, V, c) for the same seed
+        D, H = check_size("input_size", input_size), check_size("hidden_size", hidden_size)
+        L = check_size("num_layers", num_layers)
+        dirs = 2 if check_flag("bidirectional", bidirectional) else 1
+        bias = check_flag("bias", bias)
+        n_layer = recurrent_layout(D, H, L, dirs, bias).size
+        self._head_layout = head_layout(dirs * H, self._output_size, bias)
+        flat = np.empty(n_layer + self._head_layout.size, dtype=dtype)
+        self.layer = Recurrent(D, H, L, nonlinearity=nonlinearity, bias=bias,
+                               bidirectional=bidirectional, dropout=dropout, dtype=dtype,
+                               _flat=flat[:n_layer])
+        self.head = Softmax(dirs * H, self._output_size, bias=bias, dtype=dtype,
+                            _flat=flat[n_layer:])
+        init_uniform(flat, 1.0 / np.sqrt(H), rng)
+        self._flat = flat
+        self._layout: Layout = self.layer._layout + self._head_layout
+        self._offs = layer_offsets(self.layer._layout, self.num_layers, dirs)
+        self._legacy = self.num_layers == 1 and dirs == 1
+        self._version = 0
+        self._views: dict[str, np.ndarray] = {}
+        self._refresh_views()
         self.batch_first = batch_first
         self.vocab = None
-        D, H, K = self.input_size, self.hidden_size, self.output_size
-        rng = np.random.default_rng(check_seed(seed))
-        bound = 1.0 / np.sqrt(H)
-
-        def draw(*shape: int) -> np.ndarray:
-            return rng.uniform(-bound, bound, size=shape).astype(self.dtype)
-
-        self._U, self._W = draw(H, D), draw(H, H)
-        self._b = draw(H) if self.bias else None
-        self._V = draw(K, H)
-        self._c = draw(K) if self.bias else None
 
     # -- configuration --------------------------------------------------------
 
     @property
     def input_size(self) -> int:
         """D: the size of x_t, or the number of distinct input ids."""
-        return self._input_size
+        return self.layer.input_size
 
     @property
     def hidden_size(self) -> int:
         """H: the size of h_t."""
-        return self._hidden_size
+        return self.layer.hidden_size
 
     @property
     def output_size(self) -> int:
@@ -119,19 +154,35 @@ class RNN:
         return self._output_size
 
     @property
+    def num_layers(self) -> int:
+        return self.layer.num_layers
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.layer.bidirectional
+
+    @property
+    def num_directions(self) -> int:
+        return self.layer.num_directions
+
+    @property
+    def dropout(self) -> float:
+        return self.layer.dropout
+
+    @property
     def bias(self) -> bool:
         """Whether b and c exist."""
-        return self._bias
+        return self.layer.bias
 
     @property
     def nonlinearity(self) -> str:
         """"tanh" or "relu"."""
-        return self._nonlinearity
+        return self.layer.nonlinearity
 
     @property
     def dtype(self) -> np.dtype:
         """float32 or float64: the dtype of every parameter and result."""
-        return self._dtype
+        return self.layer.dtype
 
     @property
     def batch_first(self) -> bool:
@@ -142,73 +193,100 @@ class RNN:
     def batch_first(self, value: Any) -> None:
         self._batch_first = check_flag("batch_first", value)
 
-    # -- parameters ---------------------------------------------------------
+    # -- parameters -----------------------------------------------------------
 
-    def _set(self, name: str, value: Any, shape: tuple[int, ...]) -> None:
-        setattr(self, "_" + name, check_parameter(name, value, shape, self.dtype))
+    def _names(self) -> list[str]:
+        """Parameter names: the seed's letters for one layer and direction,
+        the layer's names (U_l0, ..., W_l1_reverse) and V, c otherwise."""
+        if self._legacy:
+            return [n for n in _LEGACY_ORDER if n in ("U", "W", "V") or self.bias]
+        return [n for n in self._layout.names]
 
-    def _set_bias(self, name: str, value: Any, shape: tuple[int, ...]) -> None:
-        if not self.bias:
-            if value is not None:
-                raise ValueError(f"this model has bias=False; {name} must stay None")
-            return
-        if value is None:
+    def _refresh_views(self, only: str | None = None) -> None:
+        flat_views = self._layout.views(self._flat)
+        for name in self._names():
+            if only is None or name == only:
+                self._views[name] = flat_views[_LEGACY.get(name, name) if self._legacy else name]
+
+    def _get(self, name: str) -> np.ndarray | None:
+        if name in self._views:
+            return self._views[name]
+        key = {"U": "U_l0", "W": "W_l0", "b": "b_l0"}.get(name, name)
+        return self._layout.views(self._flat).get(key) if key in self._layout.names else None
+
+    def _set(self, name: str, value: Any) -> None:
+        key = _LEGACY.get(name, name) if (self._legacy or name in _LEGACY) else name
+        if key not in self._layout.names:
+            if name in ("b", "c"):
+                if value is not None:
+                    raise ValueError(f"this model has bias=False; {name} must stay None")
+                return
+            raise AttributeError(name)
+        shape = self._layout.shape(key)
+        if value is None and name in ("b", "c"):
             raise ValueError(f"this model has bias=True; {name} must be an array of shape {shape}, got None")
-        self._set(name, value, shape)
+        a = check_parameter(name, value, shape, self.dtype)
+        # a pass that overlaps this write sees the count change and runs again
+        self._version += 1
+        self._layout.views(self._flat)[key][...] = a
+        self._version += 1
+        # a new array object over the same memory: earlier references stay
+        # live views, and `m.W is p["W"]` tells an assignment happened
+        self._refresh_views(name if name in self._views else None)
+
+    U = property(lambda self: self._get("U"), lambda self, v: self._set("U", v),
+                 doc="Input-to-hidden weights of layer 0 (forward), (H, D) (``weight_ih_l0``).")
+    W = property(lambda self: self._get("W"), lambda self, v: self._set("W", v),
+                 doc="Hidden-to-hidden weights of layer 0 (forward), (H, H) (``weight_hh_l0``).")
+    V = property(lambda self: self._get("V"), lambda self, v: self._set("V", v),
+                 doc="Hidden-to-output weights, (K, dirs*H) (``nn.Linear.weight``).")
+    b = property(lambda self: self._get("b"), lambda self, v: self._set("b", v),
+                 doc="Hidden bias of layer 0 (forward), (H,), or None (``bias_ih_l0 + bias_hh_l0``).")
+    c = property(lambda self: self._get("c"), lambda self, v: self._set("c", v),
+                 doc="Output bias, (K,), or None (``nn.Linear.bias``).")
 
     @property
-    def U(self) -> np.ndarray:
-        """Input-to-hidden weights, (H, D) (PyTorch ``weight_ih_l0``)."""
-        return self._U
-
-    @U.setter
-    def U(self, value: Any) -> None:
-        self._set("U", value, (self.hidden_size, self.input_size))
+    def flat(self) -> np.ndarray:
+        """Every parameter in one contiguous array: the layer's, then V and c."""
+        return self._flat
 
     @property
-    def W(self) -> np.ndarray:
-        """Hidden-to-hidden weights, (H, H) (PyTorch ``weight_hh_l0``)."""
-        return self._W
-
-    @W.setter
-    def W(self, value: Any) -> None:
-        self._set("W", value, (self.hidden_size, self.hidden_size))
-
-    @property
-    def V(self) -> np.ndarray:
-        """Hidden-to-output weights, (K, H) (``nn.Linear(H, K).weight``)."""
-        return self._V
-
-    @V.setter
-    def V(self, value: Any) -> None:
-        self._set("V", value, (self.output_size, self.hidden_size))
-
-    @property
-    def b(self) -> np.ndarray | None:
-        """Hidden bias, (H,), or None (PyTorch ``bias_ih_l0 + bias_hh_l0``)."""
-        return self._b
-
-    @b.setter
-    def b(self, value: Any) -> None:
-        self._set_bias("b", value, (self.hidden_size,))
-
-    @property
-    def c(self) -> np.ndarray | None:
-        """Output bias, (K,), or None (``nn.Linear.bias``)."""
-        return self._c
-
-    @c.setter
-    def c(self, value: Any) -> None:
-        self._set_bias("c", value, (self.output_size,))
+    def params(self) -> dict[str, np.ndarray]:
+        """{name: live view into flat}; see :meth:`parameters`."""
+        return self.parameters()
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """The parameters present, by name: the live arrays, not copies."""
-        p = {"U": self._U, "W": self._W, "V": self._V, "b": self._b, "c": self._c}
-        return {n: a for n, a in p.items() if a is not None}
+        """The parameters present, by name: live views into ``flat``, not copies.
+
+        One layer and one direction: U, W, V, b, c.  Otherwise the layer's
+        names (``U_l0``, ``W_l0``, ``b_l0``, ..., ``U_l1_reverse``) and V, c.
+        """
+        return {n: self._views[n] for n in self._names()}
+
+    def set_params(self, values: dict[str, Any]) -> None:
+        """Copy arrays into the named parameters (validated as assignment is)."""
+        for name, value in values.items():
+            if name not in self._views:
+                raise ValueError(f"unknown parameter {name!r}; this model has {self._names()}")
+            self._set(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # U_l1, W_l0_reverse, ...: the layer's names as attributes, like nn.RNN's
+        views = self.__dict__.get("_views")
+        if views is not None and name in views:
+            return views[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.num_layers != 1:
+            extra += f"num_layers={self.num_layers}, "
+        if self.bidirectional:
+            extra += "bidirectional=True, "
+        if self.dropout:
+            extra += f"dropout={self.dropout}, "
         return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"output_size={self.output_size}, bias={self.bias}, "
+                f"output_size={self.output_size}, {extra}bias={self.bias}, "
                 f"nonlinearity={self.nonlinearity!r}, dtype={self.dtype.name}, "
                 f"batch_first={self.batch_first})")
 
@@ -217,43 +295,29 @@ class RNN:
     def _batch(self, x: Any, y: Any, h0: Any, lengths: Any, ignore_index: int = -100) -> Batch:
         return check_batch(x, y, h0, lengths, D=self.input_size, H=self.hidden_size,
                            K=self.output_size, dtype=self.dtype,
-                           batch_first=self.batch_first, ignore_index=ignore_index)
-
-    def _via_UT(self, batch: Batch) -> bool:
-        # Gathering ids from U.T's rows (and scatter-adding dU into dU.T's)
-        # beats strided column access once the rows outnumber the columns
-        # to transpose.
-        return batch.xi is not None and batch.T * batch.B >= self.input_size
-
-    def _WT(self, batch: Batch) -> np.ndarray | None:
-        # For B > 1 the recurrence reads W.T's rows (see rnn_forward); one
-        # H*H copy per pass against T GEMMs of B*H*H.
-        return np.ascontiguousarray(self._W.T) if batch.B > 1 else None
-
-    def _threads(self, batch: Batch):
-        # the BLAS thread count, chosen once around the whole pass
-        return pass_threads(batch.T, batch.B, self.input_size, self.hidden_size,
-                            self.output_size)
-
-    def _hidden_buffer(self, batch: Batch) -> np.ndarray:
-        # hs is (T+1, B, H) with hs[0] = h0, so H and H_prev are both contiguous
-        hs = np.empty((batch.T + 1, batch.B, self.hidden_size), dtype=self.dtype)
-        hs[0] = batch.h0
-        return hs
-
-    def _h_last(self, hs: np.ndarray, batch: Batch) -> np.ndarray:
-        if batch.lengths is None:
-            h_last = hs[batch.T].copy()
-        else:
-            h_last = hs[batch.lengths, np.arange(batch.B)]
-        return h_last if batch.batched else h_last[0]
+                           batch_first=self.batch_first, ignore_index=ignore_index,
+                           Ld=self.num_layers * self.num_directions)
 
     def _sequence(self, a: np.ndarray, batch: Batch) -> np.ndarray:
         """A (T*B, n) or (T, B, n) kernel array laid out as the user's x was."""
-        a = a.reshape(batch.T, batch.B, -1)
-        if not batch.batched:
-            return a[:, 0]
-        return a.swapaxes(0, 1) if self.batch_first else a
+        return user_layout(a, batch, self.batch_first)
+
+    def _h_last(self, h_n: np.ndarray, batch: Batch) -> np.ndarray:
+        # the top layer's forward direction at each sequence's last valid step
+        h_last = h_n[(self.num_layers - 1) * self.num_directions]
+        return h_last if batch.batched else h_last[0]
+
+    def _h_n(self, h_n: np.ndarray, batch: Batch) -> np.ndarray:
+        return per_layer(h_n, batch)
+
+    def _dh0(self, dh0: np.ndarray, batch: Batch, h0: Any) -> np.ndarray:
+        # shaped like the h0 given: (B, H) / (H,) for one layer and direction
+        # unless the caller passed the full (1, B, H)
+        Ld = self.num_layers * self.num_directions
+        full = h0 is not None and np.ndim(h0) == (3 if batch.batched else 2)
+        if Ld == 1 and not full:
+            return dh0[0] if batch.batched else dh0[0, 0]
+        return per_layer(dh0, batch)
 
     def forward(self, x: Any, h0: Any = None, lengths: Any = None) -> ForwardResult:
         """Hidden states and output probabilities, eqs. (1)-(2).
@@ -263,7 +327,9 @@ class RNN:
         x : ndarray of shape (T, B) int ids, or (T, B, D) floats
             Unbatched (T,) or (T, D) also accepted; (B, T, ...) with batch_first.
             Id i stands for the one-hot e_i.
-        h0 : ndarray of shape (B, H), or (H,) for unbatched x; default zeros
+        h0 : ndarray of shape (L*dirs, B, H), optional
+            (B, H) (or (H,) unbatched) also accepted with one layer and one
+            direction; default zeros.
         lengths : ndarray of shape (B,), optional
             Valid steps of each sequence, in [1, T], any order.  Past its
             length a sequence's h is zero and h_last is its last valid state
@@ -272,52 +338,100 @@ class RNN:
         Returns
         -------
         ForwardResult
-            ``.h`` (T, B, H), ``.probs`` (T, B, K), ``.h_last`` (B, H).
+            ``.h`` (T, B, dirs*H), ``.probs`` (T, B, K), ``.h_last`` (B, H) the
+            top layer's forward final state, ``.h_n`` (L*dirs, B, H).
         """
         batch = self._batch(x, None, h0, lengths)
-        _, hs, Z = self._pass(_FORWARD, batch, {})
-        return ForwardResult(self._sequence(hs[1:], batch), self._sequence(Z, batch),
-                             self._h_last(hs, batch))
+        hs, Z, _ = self._pass(_FORWARD, batch, None)
+        h_n = final_states(self.layer._stack, hs, batch)
+        return ForwardResult(self._sequence(top_output(self.layer._stack, hs, batch), batch),
+                             self._sequence(Z, batch), self._h_last(h_n, batch),
+                             self._h_n(h_n, batch))
 
-    def _pass(self, what: int, batch: Batch, g: dict[str, Any], ignore_index: int = -100,
-              scale: float = 1.0) -> tuple[float, np.ndarray, np.ndarray]:
-        """One kernel pass: (summed loss, hs, Z), the gradients written into g's arrays."""
-        hs = self._hidden_buffer(batch)
-        Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
-        UT = np.ascontiguousarray(self._U.T) if self._via_UT(batch) else None
-        with self._threads(batch):
-            total = _kernels.run_pass(
-                hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, self._U, UT,
-                self._W, self._WT(batch), self._b, self._V, self._c, batch.lengths,
-                self.nonlinearity == "relu", ignore_index, scale, what, g.get("V"),
-                g.get("c"), g.get("delta"), g.get("U"), g.get("UT"), g.get("W"), g.get("b"),
-                g.get("h0"), g.get("x"))
-        return total, hs, Z
+    def _pass(self, what: int, batch: Batch, g: dict[str, Any] | None,
+              ignore_index: int = -100, scale: float = 1.0, masks: Any = None,
+              xin: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """One fused kernel pass: (hs, Z, summed loss), gradients written into g.
+
+        Every parameter is read once per pass: a pass that overlapped an
+        assignment (``m.W = ...`` from another thread) is run again, so a
+        result always comes from one coherent set of parameters.
+        """
+        s = self.layer._stack
+        flat = self.layer._flat
+        V, c = self.head._params["V"], self.head._params.get("c")
+        WT, UT = scratch(s, batch)
+        g = g or {}
+        dV, dc = g.get("V"), g.get("c")
+        for _ in range(1000):
+            version = self._version
+            if version % 2:
+                continue  # an assignment is in progress
+            hs = states(s, batch)
+            Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
+            with pass_threads(batch.T, batch.B, self.input_size, self.hidden_size,
+                              self.output_size):
+                total = _kernels.model_pass(
+                    hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, flat, self._offs,
+                    s.D, s.dirs, V, c, masks, xin, WT, UT, batch.lengths, s.relu,
+                    ignore_index, scale, what, g.get("flat"), dV, dc, g.get("delta"),
+                    g.get("x"), g.get("h0"), g.get("UT"), g.get("G"), g.get("X"))
+            if self._version == version:
+                return hs, Z, total
+        raise RuntimeError("the model's parameters kept changing during the pass")
+
+    def step(self, x_t: Any, h: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """One time step: the next state and the output probabilities.
+
+        For generation, streaming and reinforcement learning: no sequence
+        buffers, no backward state, one kernel call.
+
+        Parameters
+        ----------
+        x_t : int id, (B,) ids, (D,) or (B, D) floats
+        h : ndarray of shape (L, B, H) (or (L, H) for unbatched x_t), optional
+            The state before the step, zeros by default; with one layer (B, H)
+            or (H,) is also accepted.
+
+        Returns
+        -------
+        h : ndarray of shape (L, B, H) (or (L, H)): every layer's new state
+        probs : ndarray of shape (B, K) (or (K,)): softmax(V h_top + c)
+
+        Equivalent to ``forward(x_t[None], h)`` read at its only step;
+        unidirectional models only.
+        """
+        s = self.layer._stack
+        xf, xi, h0, batched = step_inputs(s, x_t, h)
+        out = np.empty_like(h0)
+        Z = np.empty((h0.shape[1], self._output_size), dtype=s.dtype)
+        _kernels.step_pass(h0, out, xf, xi, self.layer._flat, self._offs, s.D, s.relu,
+                           self.head._params["V"], self.head._params.get("c"), Z)
+        return (out, Z) if batched else (out[:, 0], Z[0])
 
     def _run(self, what: int, x: Any, y: Any, h0: Any, lengths: Any, reduction: str,
-             ignore_index: int):
+             ignore_index: int, train: bool = False, seed: int | None = None):
         reduction = check_reduction(reduction)
         ignore_index = check_ignore_index(ignore_index)
+        check_flag("train", train)
         if y is None:
             raise TypeError("y (the targets) is required, got None")
         batch = self._batch(x, y, h0, lengths, ignore_index)
-        T, B, D, H, K = batch.T, batch.B, self.input_size, self.hidden_size, self.output_size
-        dt = self.dtype
+        s = self.layer._stack
         mean = reduction == "mean"
         scale = 1.0 / batch.count if mean and batch.count else (0.0 if mean else 1.0)
+        masks, xin = (dropout_masks(s, batch, self.dropout, check_seed(seed))
+                      if train else (None, None))
         g: dict[str, Any] = {}
         if what >= _GRAD_V:
-            g["V"] = np.empty((K, H), dtype=dt)
-            g["c"] = np.empty(K, dtype=dt) if self.bias else None
+            dflat = np.empty(self._layout.size, dtype=self.dtype)
+            named = self._layout.views(dflat)
+            g["V"], g["c"] = named["V"], named.get("c")
+            g["dflat"] = dflat
         if what == _FULL:
-            g["delta"] = np.empty((T, B, H), dtype=dt)
-            g["U"] = np.empty((H, D), dtype=dt)
-            g["UT"] = np.empty((D, H), dtype=dt) if self._via_UT(batch) else None
-            g["W"] = np.empty((H, H), dtype=dt)
-            g["b"] = np.empty(H, dtype=dt) if self.bias else None
-            g["h0"] = np.empty((B, H), dtype=dt)
-            g["x"] = np.empty((T * B, D), dtype=dt) if batch.xf is not None else None
-        total, hs, _ = self._pass(what, batch, g, ignore_index, scale)
+            g.update(backward_buffers(s, batch, masks, self.layer._layout.size,
+                                      dflat[:self.layer._layout.size]))
+        hs, _, total = self._pass(what, batch, g, ignore_index, scale, masks, xin)
         loss = total * scale if mean else total
         return float(loss), batch, hs, g
 
@@ -351,32 +465,44 @@ class RNN:
         Returns
         -------
         loss : float
-        dV : ndarray of shape (K, H)
+        dV : ndarray of shape (K, dirs*H)
         dc : ndarray of shape (K,), or None without bias
         """
         loss, _, _, g = self._run(_GRAD_V, x, y, h0, lengths, reduction, ignore_index)
         return loss, g["V"], g["c"]
 
     def loss_and_grad(self, x: Any, y: Any, h0: Any = None, lengths: Any = None,
-                      reduction: str = "sum", ignore_index: int = -100):
+                      reduction: str = "sum", ignore_index: int = -100, *,
+                      train: bool = False, seed: int | None = None):
         """The loss and every gradient by backpropagation through time, eqs. (3)-(7).
 
         δ_t = f'(a_t) ⊙ (Vᵀ(ŷ_t - y_t) + Wᵀ δ_{t+1});  dW = Σ δ_t ⊗ h_{t-1},
         dU = Σ δ_t ⊗ x_t, db = Σ δ_t, dh0 = Wᵀ δ_0, dx_t = Uᵀ δ_t.
-        Arguments as in :meth:`loss`.
+        Arguments as in :meth:`loss`; ``train=True`` applies dropout between
+        layers with masks drawn from ``seed``.
 
         Returns
         -------
         loss : float
         grads : Gradients
             ``.U .W .V .b .c`` like the parameters, ``.h0`` like h0, ``.x``
-            like x (None for ids), ``.h_last`` the final state (B, H).
+            like x (None for ids), ``.h_last`` the final state (B, H),
+            ``.h_n`` every layer's final state, ``.flat`` every parameter's
+            gradient laid out like ``flat`` and ``.parameters()`` by name.
         """
-        loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index)
-        dh0 = g["h0"] if batch.batched else g["h0"][0]
+        loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index,
+                                       train, seed)
+        dflat = g["dflat"]
+        named = self._layout.views(dflat)
+        names = self._names()
+        grads = {n: named[_LEGACY.get(n, n) if self._legacy else n] for n in names}
         dx = self._sequence(g["x"], batch) if g["x"] is not None else None
-        return loss, Gradients(U=g["U"], W=g["W"], V=g["V"], b=g["b"], c=g["c"], h0=dh0,
-                               x=dx, h_last=self._h_last(hs, batch))
+        h_n = final_states(self.layer._stack, hs, batch)
+        return loss, Gradients(U=named["U_l0"], W=named["W_l0"], V=named["V"],
+                               b=named.get("b_l0"), c=named.get("c"),
+                               h0=self._dh0(g["h0"], batch, h0), x=dx,
+                               h_last=self._h_last(h_n, batch), h_n=self._h_n(h_n, batch),
+                               flat=dflat, named=grads)
 
     # -- interop and files ----------------------------------------------------
 
@@ -387,14 +513,26 @@ class RNN:
         save(self, path, **kwargs)
 
     @classmethod
-    def from_torch(cls, rnn: Any, linear: Any, **kwargs: Any) -> RNN:
-        """A model holding the weights of ``torch.nn.RNN`` + ``torch.nn.Linear``."""
-        from .torch_interop import from_torch
+    def from_torch(cls, rnn: Any, linear: Any, *, dtype: Any = None) -> RNN:
+        """A model holding the weights of ``torch.nn.RNN`` + ``torch.nn.Linear``.
 
-        return from_torch(rnn, linear, **kwargs)
+        ``rnn`` may have any number of layers and directions; ``linear`` reads
+        its output (in_features = hidden_size * num_directions) and has a bias
+        exactly when ``rnn`` has.  dtype defaults to the torch weights' (float32
+        or float64).  b = bias_ih + bias_hh is summed in float64.
+        """
+        config, values = torch_interop.recurrent_state(rnn, dtype=dtype)
+        head = torch_interop.linear_state(rnn, linear, dtype)
+        config.pop("input_size"), config.pop("hidden_size")
+        model = cls(rnn.input_size, rnn.hidden_size, head["V"].shape[0], **config)
+        model.layer.set_params(values)
+        model.head.set_params(head)
+        return model
 
     def to_torch(self):
-        """``(torch.nn.RNN, torch.nn.Linear)`` holding this model's weights."""
-        from .torch_interop import to_torch
-
-        return to_torch(self)
+        """``(torch.nn.RNN, torch.nn.Linear)`` holding this model's weights
+        (each b in bias_ih, bias_hh zero), with its dtype and batch_first."""
+        config = self.layer.config()
+        config["batch_first"] = self.batch_first
+        return (torch_interop.make_rnn(config, self.layer.params),
+                torch_interop.make_linear(self.V, self.c, self.dtype))

@@ -1,28 +1,28 @@
-"""Forward propagation and backpropagation through time for the Elman RNN.
+"""The compiled core's entry points: each validates buffer shapes, then runs
+one whole pass without the GIL.
 
 Shape letters (DESIGN.md §2), used in every comment below:
-    T time steps, B batch, D input size, H hidden size, K output size.
+    T time steps, B batch, D input size, H hidden size, K output size,
+    L layers, dirs directions (1 or 2), Ld = L*dirs layer-directions.
 
-Every array is C-contiguous and time-major.  Row by row, the batched equations
-of DESIGN.md §1 are
+The computations live beside this file, one job each:
+    _recurrence.pxd   the stacked, bidirectional recurrent layer (eqs. 1, 5-7)
+    _output.pxd       the heads: linear output, fused softmax cross-entropy, MSE
+    _elementwise.pxd  activations, row sums, transpose
+    _blas.pxd         the one BLAS shim
 
-    a_t = x_t @ U.T + h_{t-1} @ W.T + b      h_t = f(a_t)      (eq. 1)
-    z_t = h_t @ V.T + c                      p_t = softmax(z_t) (eq. 2)
-
-Hidden states live in one buffer ``hs`` of T+1 rows with h0 in row 0, so both
-H = hs[1:] and H_prev = hs[:-1] are contiguous (T*B, H) matrices and every
-weight gradient is one GEMM over all T*B rows.  Only the recurrence is a loop.
-
-The kernels trust their inputs: rnn_ext/_validation.py checks dtypes, shapes,
-contiguity, ranges and finiteness before anything here runs.  Each pass runs
-without the GIL, and all scratch is allocated by the caller per call, so
-concurrent calls on one model share nothing mutable.
+Every array is C-contiguous and time-major.  The kernels trust their inputs:
+rnn_ext/_validation.py checks dtypes, shapes, contiguity, ranges and
+finiteness before anything here runs; the checks below only guard buffer
+sizes against a caller that bypassed it.  All scratch is allocated by the
+caller per call, so concurrent calls share nothing mutable.
 """
 from cython cimport floating
-from libc.math cimport exp, log, tanh
-from libc.string cimport memcpy, memset
 
-from _blas cimport gemm, gemv
+from _elementwise cimport RNN_EXT_HAVE_CLONES
+from _output cimport (Mode, PROBS, LOSS_ONLY, DZ, output_forward, output_backward,
+                      softmax_loss, squared_error)
+from _recurrence cimport stack_forward, stack_backward, stack_step, state_rows
 
 cdef extern from *:
     """
@@ -32,314 +32,23 @@ cdef extern from *:
     """
     bint RNN_EXT_DEBUG
 
-cdef extern from "_fastmath.h" nogil:
-    void rnn_ext_tanhf_inplace(float* a, Py_ssize_t n)
-    void rnn_ext_expf_shift_inplace(float* z, Py_ssize_t n, float m)
-    bint RNN_EXT_HAVE_CLONES
-
 #: True in a build made with RNN_EXT_DEBUG=1 (bounds and wraparound checks on).
 DEBUG = bool(RNN_EXT_DEBUG)
 #: True when the float32 tanh/exp loops also carry an AVX2 clone picked at load.
 SIMD_CLONES = bool(RNN_EXT_HAVE_CLONES)
 
-# What softmax_loss leaves in Z.
-cdef enum Mode:
-    PROBS = 0   # Z := softmax(Z); no loss
-    LOSS_ONLY = 1  # loss only; Z is scratch afterwards
-    DZ = 2      # loss, and Z := scale * dL/dZ (eq. 4's ŷ - y)
+# What a pass computes (the Python classes pass these codes as ``what``).
+FORWARD = -1  # states and the head's output (probabilities / predictions)
+LOSS = 0      # the loss alone
+GRAD_V = 1    # the loss and the head's gradients (eq. 4)
+FULL = 2      # the loss and every gradient (eqs. 4-7)
 
+# The heads' losses.
+SOFTMAX = 0
+MSE = 1
 
-# ---------------------------------------------------------------------------
-# elementwise pieces
-
-cdef inline void activate(floating* a, Py_ssize_t n, bint relu) noexcept nogil:
-    """a := f(a) in place; f is tanh or max(0, .)."""
-    cdef Py_ssize_t i
-    if relu:
-        for i in range(n):
-            a[i] = a[i] if a[i] > 0 else 0
-    elif floating is float:
-        rnn_ext_tanhf_inplace(a, n)
-    else:
-        for i in range(n):
-            a[i] = tanh(a[i])
-
-
-cdef inline void activate_backward(floating* d, const floating* h, Py_ssize_t n,
-                                   bint relu) noexcept nogil:
-    """d := d * f'(a), with f' written through h = f(a)."""
-    cdef Py_ssize_t i
-    if relu:
-        # forward: h = max(0, a)  ->  da = [a > 0] dh, and a > 0 iff h > 0
-        for i in range(n):
-            d[i] = d[i] if h[i] > 0 else 0
-    else:
-        # forward: h = tanh(a)  ->  da = (1 - h*h) dh
-        for i in range(n):
-            d[i] = d[i] * (1 - h[i] * h[i])
-
-
-cdef inline void add_row(floating* out, const floating* row, Py_ssize_t n) noexcept nogil:
-    """out += row."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        out[i] += row[i]
-
-
-cdef inline void column_sums(floating* out, const floating* A, Py_ssize_t rows,
-                             Py_ssize_t cols) noexcept nogil:
-    """out := A.sum(axis=0) for a row-major (rows, cols) A; overwrites out."""
-    cdef Py_ssize_t r
-    memset(out, 0, cols * sizeof(floating))
-    for r in range(rows):
-        add_row(out, A + r * cols, cols)
-
-
-# ---------------------------------------------------------------------------
-# the recurrence: eq. (1) forward, eqs. (5)-(7) backward
-
-cdef void rnn_forward(floating* hs, const floating* xf, const Py_ssize_t* xi,
-                      const floating* U, const floating* UT, const floating* W,
-                      const floating* WT, const floating* b, const Py_ssize_t* lengths,
-                      int T, int B, int D, int H, bint relu) noexcept nogil:
-    """Eq. (1) over the whole sequence.  Overwrites hs[1:].
-
-    hs is (T+1, B, H); hs[0] = h0 on entry
-    xf is (T, B, D) float input, or NULL when xi is given
-    xi is (T, B) ids in [0, D), or NULL
-    U is (H, D); UT is U.T (D, H) contiguous, or NULL (then ids gather strided)
-    W is (H, H); WT is W.T (H, H) contiguous, or NULL; b is (H,) or NULL
-    lengths is (B,) in [1, T], or NULL
-    """
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B, r, j, t, bb, i
-    cdef floating* A = hs + <Py_ssize_t>B * H     # A aliases hs[1:]
-    cdef floating* cur
-    cdef const floating* prev
-    # input projection, all T*B rows at once: A = X @ U.T + b
-    if xf != NULL:
-        if b != NULL:
-            for r in range(TB):
-                memcpy(A + r * H, b, H * sizeof(floating))
-        # A = X @ U.T + A
-        gemm(c'N', c'T', <int>TB, H, D, 1, xf, D, U, D,
-             1 if b != NULL else 0, A, H)
-    else:
-        # an id i stands for the one-hot e_i, so U x_t is column i of U
-        for r in range(TB):
-            i = xi[r]
-            cur = A + r * H
-            if UT != NULL:
-                memcpy(cur, UT + i * H, H * sizeof(floating))
-            else:
-                for j in range(H):
-                    cur[j] = U[j * D + i]
-            if b != NULL:
-                add_row(cur, b, H)
-    # the recurrence: one BLAS call per step
-    for t in range(T):
-        prev = hs + t * B * H
-        cur = hs + (t + 1) * B * H
-        if B == 1:
-            # cur += W @ prev
-            gemv(c'N', H, H, 1, W, H, prev, 1, cur)
-        elif WT != NULL:
-            # cur += prev @ W.T, read from W.T's rows: the no-transpose GEMM,
-            # which OpenBLAS runs up to 3x faster at small B than the other
-            gemm(c'N', c'N', B, H, H, 1, prev, H, WT, H, 1, cur, H)
-        else:
-            # cur += prev @ W.T
-            gemm(c'N', c'T', B, H, H, 1, prev, H, W, H, 1, cur, H)
-        activate(cur, <Py_ssize_t>B * H, relu)
-        if lengths != NULL:
-            # packed-sequence semantics: a finished sequence's state is zero
-            for bb in range(B):
-                if t >= lengths[bb]:
-                    memset(cur + bb * H, 0, H * sizeof(floating))
-
-
-cdef void rnn_backward(floating* delta, const floating* hs, const floating* xf,
-                       const Py_ssize_t* xi, const floating* U, const floating* W,
-                       floating* dU, floating* dUT, floating* dW, floating* db,
-                       floating* dh0, floating* dx,
-                       int T, int B, int D, int H, bint relu) noexcept nogil:
-    """BPTT, eqs. (5)-(7).  Overwrites every output it is given.
-
-    delta is (T, B, H): dL/dh_t from the output layer on entry (dZ @ V),
-        the δ_t of eq. (5) on exit
-    hs is (T+1, B, H), the forward's hidden states with h0 in row 0
-    xf is (T, B, D) or NULL; xi is (T, B) ids or NULL
-    dU (H, D), dW (H, H), db (H,) or NULL, dh0 (B, H), dx (T, B, D) or NULL
-    dUT is (D, H) scratch for the id scatter-add, or NULL (then strided)
-
-    Steps past a sequence's length need no mask here: their rows of dZ are
-    zero, so δ is zero there by induction from δ_T = 0.
-    """
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B, r, j, i, t
-    cdef floating* cur
-    cdef const floating* row
-    # eq. (5), back to front: δ_t = (dH[t] + δ_{t+1} @ W) * f'(a_t)
-    for t in range(T - 1, -1, -1):
-        cur = delta + t * B * H
-        if t < T - 1:
-            if B == 1:
-                # cur += W.T @ δ_{t+1}
-                gemv(c'T', H, H, 1, W, H, cur + H, 1, cur)
-            else:
-                # cur += δ_{t+1} @ W
-                gemm(c'N', c'N', B, H, H, 1, cur + B * H, H, W, H, 1, cur, H)
-        activate_backward(cur, hs + (t + 1) * B * H, <Py_ssize_t>B * H, relu)
-    # eq. (6): dW = δ.T @ H_prev over all T*B rows (H_prev = hs[:-1])
-    gemm(c'T', c'N', H, H, <int>TB, 1, delta, H, hs, H, 0, dW, H)
-    if db != NULL:
-        # eq. (6): db = Σ_t δ_t
-        column_sums(db, delta, TB, H)
-    if xf != NULL:
-        # eq. (6): dU = δ.T @ X
-        gemm(c'T', c'N', H, D, <int>TB, 1, delta, H, xf, D, 0, dU, D)
-        # eq. (7): dx = δ @ U
-        if dx != NULL:
-            gemm(c'N', c'N', <int>TB, D, H, 1, delta, H, U, D, 0, dx, D)
-    elif dUT != NULL:
-        # eq. (6) for ids: dU[:, i] += δ_t row, scattered into dU.T's rows
-        memset(dUT, 0, <Py_ssize_t>D * H * sizeof(floating))
-        for r in range(TB):
-            add_row(dUT + xi[r] * H, delta + r * H, H)
-        for i in range(D):
-            for j in range(H):
-                dU[j * D + i] = dUT[i * H + j]
-    else:
-        memset(dU, 0, <Py_ssize_t>H * D * sizeof(floating))
-        for r in range(TB):
-            i = xi[r]
-            row = delta + r * H
-            for j in range(H):
-                dU[j * D + i] += row[j]
-    # eq. (7): dh0 = δ_0 @ W
-    if B == 1:
-        gemv(c'T', H, H, 1, W, H, delta, 0, dh0)
-    else:
-        gemm(c'N', c'N', B, H, H, 1, delta, H, W, H, 0, dh0, H)
-
-
-# ---------------------------------------------------------------------------
-# the output layer: eqs. (2)-(4)
-
-cdef void output_forward(floating* Z, const floating* hs1, const floating* V,
-                         const floating* c, Py_ssize_t TB, int H,
-                         int K) noexcept nogil:
-    """Eq. (2)'s logits.  Overwrites Z.
-
-    Z is (T*B, K); hs1 is H = hs[1:] as (T*B, H); V is (K, H); c is (K,) or NULL
-    """
-    cdef Py_ssize_t r
-    if c != NULL:
-        for r in range(TB):
-            memcpy(Z + r * K, c, K * sizeof(floating))
-    # Z = H @ V.T + Z
-    gemm(c'N', c'T', <int>TB, K, H, 1, hs1, H, V, H, 1 if c != NULL else 0, Z, K)
-
-
-cdef double softmax_loss(floating* Z, const Py_ssize_t* yi, const floating* ys,
-                         const Py_ssize_t* lengths, int T, int B, int K,
-                         Py_ssize_t ignore_index, floating scale,
-                         Mode mode) noexcept nogil:
-    """Row-wise stable softmax and eq. (3)'s loss, fused into one pass over Z.
-
-    Z is (T, B, K) logits on entry; see Mode for what it holds on exit
-    yi is (T, B) class ids (ignore_index counts nothing), or NULL
-    ys is (T, B, K) target rows (soft targets), or NULL
-    lengths is (B,) or NULL: rows at t >= lengths[b] count nothing
-    Returns the summed loss, accumulated in double whatever the dtype.
-    """
-    cdef double total = 0, s, ysum, ydotz, zt = 0
-    cdef floating m, inv
-    cdef floating* z
-    cdef const floating* y
-    cdef Py_ssize_t t, bb, k, target = 0
-    cdef bint counted
-    for t in range(T):
-        for bb in range(B):
-            z = Z + (t * B + bb) * K
-            counted = lengths == NULL or t < lengths[bb]
-            if counted and yi != NULL:
-                target = yi[t * B + bb]
-                counted = target != ignore_index
-            if not counted and mode != PROBS:
-                if mode == DZ:
-                    # this row contributes no loss and no gradient
-                    memset(z, 0, K * sizeof(floating))
-                continue
-            # log-softmax with the row's max subtracted: exact, and exp <= 1
-            m = z[0]
-            for k in range(1, K):
-                if z[k] > m:
-                    m = z[k]
-            s = 0
-            ysum = 0
-            ydotz = 0
-            y = ys + (t * B + bb) * K if ys != NULL else NULL
-            if yi != NULL:
-                zt = z[target] - m
-            elif y != NULL:
-                for k in range(K):
-                    ysum += y[k]
-                    ydotz += y[k] * (z[k] - m)
-            if floating is float:
-                rnn_ext_expf_shift_inplace(z, K, m)
-            else:
-                for k in range(K):
-                    z[k] = exp(z[k] - m)
-            for k in range(K):
-                s += z[k]
-            if mode == PROBS:
-                inv = <floating>(1 / s)
-                for k in range(K):
-                    z[k] *= inv
-                continue
-            # eq. (3): L_t = -y_t . log p_t, with log p_k = z_k - m - log s
-            if yi != NULL:
-                total += log(s) - zt
-            else:
-                total += ysum * log(s) - ydotz
-            if mode == DZ:
-                # eq. (4)'s ŷ - y, for any target row: dL/dz = ŷ Σy - y
-                if yi != NULL:
-                    inv = <floating>(scale / s)
-                    for k in range(K):
-                        z[k] *= inv
-                    z[target] -= scale
-                else:
-                    inv = <floating>(scale * ysum / s)
-                    for k in range(K):
-                        z[k] = z[k] * inv - scale * y[k]
-    return total
-
-
-cdef void output_backward(const floating* dZ, const floating* hs1,
-                          const floating* V, floating* dV, floating* dc,
-                          floating* dH, Py_ssize_t TB, int H,
-                          int K) noexcept nogil:
-    """Eq. (4) and the output layer's share of eq. (5).  Overwrites its outputs.
-
-    dZ is (T*B, K); hs1 is H = hs[1:] as (T*B, H); V is (K, H)
-    dV (K, H); dc (K,) or NULL; dH (T*B, H) or NULL
-    """
-    # eq. (4): dV = dZ.T @ H
-    gemm(c'T', c'N', K, H, <int>TB, 1, dZ, K, hs1, H, 0, dV, H)
-    if dc != NULL:
-        # eq. (4): dc = Σ_t dZ_t
-        column_sums(dc, dZ, TB, K)
-    if dH != NULL:
-        # forward: z = h @ V.T + c  ->  dh = dz @ V
-        gemm(c'N', c'N', <int>TB, H, K, 1, dZ, K, V, H, 0, dH, H)
-
-
-# ---------------------------------------------------------------------------
-# the Python-facing passes: memoryviews in, the GIL released around the work
 
 cdef inline int expect(bint ok, str what) except -1:
-    # The model validates everything; this guards the buffers' sizes against
-    # a caller that bypassed it (a model changed in place, a direct call).
     if not ok:
         raise ValueError(f"rnn_ext._kernels: inconsistent shapes: {what}")
     return 0
@@ -353,143 +62,320 @@ cdef inline const floating* ptr2(const floating[:, ::1] a) noexcept:
     return &a[0, 0] if a is not None else NULL
 
 
+cdef inline const floating* ptr3(const floating[:, :, ::1] a) noexcept:
+    return &a[0, 0, 0] if a is not None else NULL
+
+
 cdef inline const Py_ssize_t* iptr(const Py_ssize_t[::1] a) noexcept:
     return &a[0] if a is not None else NULL
 
 
-cdef int check_pass(floating[:, :, ::1] hs, floating[:, ::1] Z,
-                    const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
-                    const floating[:, ::1] U, const floating[:, ::1] UT,
-                    const floating[:, ::1] W, const floating[:, ::1] WT,
-                    const floating[::1] b,
-                    const floating[:, ::1] V, const floating[::1] c,
-                    const Py_ssize_t[::1] lengths) except -1:
-    """The shapes every pass shares, against hs (T+1, B, H) and Z (T*B, K)."""
-    cdef Py_ssize_t T = hs.shape[0] - 1, B = hs.shape[1], H = hs.shape[2]
-    cdef Py_ssize_t D = U.shape[1], K = Z.shape[1]
-    expect(T >= 1 and B >= 1 and H >= 1 and D >= 1 and K >= 1, "empty")
-    expect(U.shape[0] == H and W.shape[0] == H and W.shape[1] == H, "U, W")
-    expect(WT is None or (WT.shape[0] == H and WT.shape[1] == H), "WT")
-    expect(V.shape[0] == K and V.shape[1] == H and Z.shape[0] == T * B, "V, Z")
-    expect(b is None or b.shape[0] == H, "b")
-    expect(c is None or c.shape[0] == K, "c")
+cdef int check_stack(floating[:, :, :, ::1] hs, const floating[:, ::1] xf,
+                     const Py_ssize_t[::1] xi, const floating[::1] flat,
+                     const Py_ssize_t[:, ::1] offs, const floating[:, :, ::1] masks,
+                     const floating[:, :, ::1] xin, const Py_ssize_t[::1] lengths,
+                     int D, int dirs) except -1:
+    """The shapes the layer's forward and backward share; hs is (Ld, T+1, B, H)."""
+    cdef Py_ssize_t Ld = hs.shape[0], T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
+    cdef Py_ssize_t L = Ld // dirs, In, ld, need
+    expect(dirs in (1, 2) and Ld == L * dirs and L >= 1 and T >= 1 and B >= 1 and H >= 1
+           and D >= 1, "hs, dirs")
+    expect(offs.shape[0] == Ld and offs.shape[1] == 3, "offs")
+    for ld in range(Ld):
+        In = D if ld < dirs else dirs * H
+        need = max(offs[ld, 0] + H * In, offs[ld, 1] + H * H, offs[ld, 2] + H)
+        expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and offs[ld, 2] >= -1
+               and need <= flat.shape[0], "offs beyond flat")
     expect((xf is None) != (xi is None), "exactly one of xf, xi")
     expect(xf is None or (xf.shape[0] == T * B and xf.shape[1] == D), "xf")
     expect(xi is None or xi.shape[0] == T * B, "xi")
-    expect(UT is None or (xi is not None and UT.shape[0] == D and UT.shape[1] == H), "UT")
+    expect((masks is None) == (xin is None), "masks and xin together")
+    if masks is not None:
+        expect(masks.shape[0] == L - 1 and masks.shape[1] == T * B
+               and masks.shape[2] == dirs * H, "masks")
+        expect(xin.shape[0] == L - 1 and xin.shape[1] == T * B
+               and xin.shape[2] == dirs * H, "xin")
     expect(lengths is None or lengths.shape[0] == B, "lengths")
     return 0
 
 
-# What run_pass computes (the model passes these codes as ``what``).
-FORWARD = -1  # h and the probabilities (Z := softmax); no targets
-LOSS = 0      # the loss alone
-GRAD_V = 1    # the loss, dV and dc (eq. 4)
-FULL = 2      # the loss and every gradient (eqs. 4-7)
+cdef int check_scratch(floating[:, ::1] WT, floating[:, ::1] UT, Py_ssize_t D, Py_ssize_t H,
+                       bint ids) except -1:
+    expect(WT is None or (WT.shape[0] == H and WT.shape[1] == H), "WT")
+    expect(UT is None or (ids and UT.shape[0] == D and UT.shape[1] == H), "UT")
+    return 0
 
 
-def run_pass(floating[:, :, ::1] hs not None, floating[:, ::1] Z not None,
-             const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
-             const Py_ssize_t[::1] yi, const floating[:, ::1] ys,
-             const floating[:, ::1] U not None, const floating[:, ::1] UT,
-             const floating[:, ::1] W not None, const floating[:, ::1] WT,
-             const floating[::1] b,
-             const floating[:, ::1] V not None, const floating[::1] c,
-             const Py_ssize_t[::1] lengths, bint relu,
-             Py_ssize_t ignore_index, double scale, int what,
-             floating[:, ::1] dV, floating[::1] dc,
-             floating[:, :, ::1] delta, floating[:, ::1] dU,
-             floating[:, ::1] dUT, floating[:, ::1] dW, floating[::1] db,
-             floating[:, ::1] dh0, floating[:, ::1] dx):
-    """Eqs. (1)-(7): one whole pass, forward and, by ``what``, backward.
+cdef int check_backward(floating[:, :, :, ::1] hs, floating[:, :, :, ::1] delta,
+                        const floating[::1] flat, floating[::1] dflat, floating[:, ::1] dx,
+                        floating[:, :, ::1] dh0, floating[:, ::1] dUT, floating[:, ::1] G,
+                        floating[:, ::1] dX, const floating[:, ::1] xf,
+                        const floating[:, :, ::1] masks) except -1:
+    cdef Py_ssize_t Ld = hs.shape[0], T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
+    expect(delta.shape[0] == Ld and delta.shape[1] == T and delta.shape[2] == B
+           and delta.shape[3] == H, "delta")
+    expect(dflat.shape[0] == flat.shape[0], "dflat")
+    expect(dx is None or (xf is not None and dx.shape[0] == xf.shape[0]
+                          and dx.shape[1] == xf.shape[1]), "dx")
+    expect(dh0.shape[0] == Ld and dh0.shape[1] == B and dh0.shape[2] == H, "dh0")
+    expect(dUT is None or dUT.shape[1] == H, "dUT")
+    expect(G.shape[0] == B and G.shape[1] == H, "G")
+    expect((masks is None) or (dX is not None and dX.shape[0] == T * B
+                               and dX.shape[1] == masks.shape[2]), "dX")
+    return 0
 
-    what : FORWARD, LOSS, GRAD_V or FULL (module constants)
-    hs : (T+1, B, H), hs[0] = h0 on entry; hs[1:] = h on exit (overwritten)
-    Z : (T*B, K): the probabilities on exit with FORWARD, scratch otherwise
-    xf : (T*B, D) float input, or None;  xi : (T*B,) ids, or None
-    yi : (T*B,) class ids, or None;  ys : (T*B, K) target rows, or None
-        (both None with FORWARD, exactly one otherwise)
-    U (H, D), UT (D, H) or None, W (H, H), WT (H, H) or None, b (H,) or None,
-    V (K, H), c (K,) or None
-    lengths : (B,) or None
-    scale : 1 for reduction="sum", 1/count for "mean"; applied to dZ only
-    dV (K, H), dc (K,) or None: overwritten with GRAD_V and FULL
-    delta (T, B, H), dU (H, D), dUT (D, H) or None, dW (H, H), db (H,) or None,
-    dh0 (B, H), dx (T*B, D) or None: overwritten with FULL
-    Returns the summed (unscaled) loss as a float (0.0 with FORWARD).
+
+# ---------------------------------------------------------------------------
+# the recurrent layer
+
+def layer_forward(floating[:, :, :, ::1] hs not None, const floating[:, ::1] xf,
+                  const Py_ssize_t[::1] xi, const floating[::1] flat not None,
+                  const Py_ssize_t[:, ::1] offs not None, int D, int dirs,
+                  const floating[:, :, ::1] masks, floating[:, :, ::1] xin,
+                  floating[:, ::1] WT, floating[:, ::1] UT,
+                  const Py_ssize_t[::1] lengths, bint relu):
+    """Eq. (1) through every layer and direction, in one GIL-free call.
+
+    hs : (Ld, T+1, B, H), each direction's h0 row set (forward: row 0,
+        reverse: row T; see _recurrence.pxd); the states on exit
+    xf : (T*B, D) floats, or None;  xi : (T*B,) ids, or None
+    flat : every parameter; offs : (Ld, 3) offsets of U, W, b (-1: no bias)
+    masks : (L-1, T*B, dirs*H) dropout multipliers, or None; xin : scratch like
+        masks (the upper layers' masked inputs, kept for the backward), or None
+    WT : (H, H) scratch, or None;  UT : (D, H) scratch for ids, or None
+    lengths : (B,), or None
     """
-    check_pass(hs, Z, xf, xi, U, UT, W, WT, b, V, c, lengths)
-    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
-    cdef Py_ssize_t h = hs.shape[2], d = U.shape[1], nb = hs.shape[1]
+    check_stack(hs, xf, xi, flat, offs, masks, xin, lengths, D, dirs)
+    check_scratch(WT, UT, D, hs.shape[3], xi is not None)
+    cdef int T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
+    cdef int L = hs.shape[0] // dirs
+    cdef floating* phs = &hs[0, 0, 0, 0]
+    cdef const floating* pxf = ptr2(xf)
+    cdef const Py_ssize_t* pxi = iptr(xi)
+    cdef const floating* pflat = &flat[0]
+    cdef const Py_ssize_t* poffs = &offs[0, 0]
+    cdef const floating* pmasks = ptr3(masks)
+    cdef floating* pxin = <floating*>ptr3(xin)
+    cdef floating* pWT = <floating*>ptr2(WT)
+    cdef floating* pUT = <floating*>ptr2(UT)
+    cdef const Py_ssize_t* plen = iptr(lengths)
+    with nogil:
+        stack_forward(phs, pxf, pxi, pflat, poffs, pmasks, pxin, pWT, pUT, plen,
+                      T, B, D, H, L, dirs, relu)
+
+
+def layer_backward(floating[:, :, :, ::1] delta not None,
+                   floating[:, :, :, ::1] hs not None, const floating[:, ::1] xf,
+                   const Py_ssize_t[::1] xi, const floating[::1] flat not None,
+                   const Py_ssize_t[:, ::1] offs not None, int D, int dirs,
+                   const floating[:, :, ::1] masks, floating[:, :, ::1] xin,
+                   const floating[:, :, ::1] d_hn, floating[::1] dflat not None,
+                   floating[:, ::1] dx, floating[:, :, ::1] dh0 not None,
+                   floating[:, ::1] dUT, floating[:, ::1] G not None, floating[:, ::1] dX,
+                   const Py_ssize_t[::1] lengths, bint relu):
+    """BPTT through every layer and direction (eqs. 5-7), in one GIL-free call.
+
+    delta : (Ld, T, B, H); on entry the top layer's directions hold
+        dL/doutput (padded steps are ignored); δ of every layer on exit
+    hs, xf, xi, flat, offs, masks, xin, lengths : as given to layer_forward
+    d_hn : (Ld, B, H) dL/dh_n, or None
+    dflat : like flat, overwritten with every parameter's gradient
+    dx : (T*B, D) or None; dh0 : (Ld, B, H); both overwritten
+    dUT : (D, H) scratch for ids, or None; G : (B, H) scratch;
+    dX : (T*B, dirs*H) scratch when masks, else None
+    """
+    check_stack(hs, xf, xi, flat, offs, masks, xin, lengths, D, dirs)
+    check_backward(hs, delta, flat, dflat, dx, dh0, dUT, G, dX, xf, masks)
+    expect(d_hn is None or (d_hn.shape[0] == hs.shape[0] and d_hn.shape[1] == hs.shape[2]
+                            and d_hn.shape[2] == hs.shape[3]), "d_hn")
+    cdef int T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
+    cdef int L = hs.shape[0] // dirs
+    cdef floating* pdelta = &delta[0, 0, 0, 0]
+    cdef const floating* phs = &hs[0, 0, 0, 0]
+    cdef const floating* pxf = ptr2(xf)
+    cdef const Py_ssize_t* pxi = iptr(xi)
+    cdef const floating* pflat = &flat[0]
+    cdef const Py_ssize_t* poffs = &offs[0, 0]
+    cdef const floating* pmasks = ptr3(masks)
+    cdef const floating* pxin = ptr3(xin)
+    cdef const floating* pd_hn = ptr3(d_hn)
+    cdef floating* pdflat = &dflat[0]
+    cdef floating* pdx = <floating*>ptr2(dx)
+    cdef floating* pdh0 = &dh0[0, 0, 0]
+    cdef floating* pdUT = <floating*>ptr2(dUT)
+    cdef floating* pG = &G[0, 0]
+    cdef floating* pdX = <floating*>ptr2(dX)
+    cdef const Py_ssize_t* plen = iptr(lengths)
+    with nogil:
+        stack_backward(pdelta, phs, pxf, pxi, pflat, poffs, pmasks, pxin, pd_hn, pdflat,
+                       pdx, pdh0, pdUT, pG, pdX, plen, T, B, D, H, L, dirs, relu)
+
+
+# ---------------------------------------------------------------------------
+# the heads
+
+def head_pass(floating[:, ::1] Z not None, const floating[:, ::1] F not None,
+              const Py_ssize_t[::1] yi, const floating[:, ::1] ys,
+              const floating[:, ::1] V not None, const floating[::1] c,
+              const Py_ssize_t[::1] lengths, int B, int loss, Py_ssize_t ignore_index,
+              double scale, int what, floating[:, ::1] dV, floating[::1] dc,
+              floating[:, ::1] dF):
+    """A head on its own: z = F @ V.T + c, then its loss and gradients by ``what``.
+
+    Z : (N, K) the probabilities (SOFTMAX) or predictions (MSE) on exit with
+        FORWARD, scratch otherwise;  F : (N, P) features, rows t*B + b
+    yi : (N,) class ids or None; ys : (N, K) target rows or None
+    V : (K, P); c : (K,) or None; lengths : (B,) or None (rows past a length
+        count nothing); loss : SOFTMAX or MSE; scale : 1, or 1/count for "mean"
+    dV (K, P), dc (K,) or None: overwritten from GRAD_V; dF (N, P) with FULL
+    Returns the summed (unscaled) loss (0.0 with FORWARD).
+    """
+    cdef Py_ssize_t N = Z.shape[0]
+    cdef int K = Z.shape[1], P = F.shape[1]
+    expect(F.shape[0] == N and V.shape[0] == K and V.shape[1] == P and B >= 1
+           and N % B == 0, "Z, F, V")
+    expect(c is None or c.shape[0] == K, "c")
+    expect(lengths is None or lengths.shape[0] == B, "lengths")
+    expect(loss in (SOFTMAX, MSE) and FORWARD <= what <= FULL, "loss, what")
+    if what != FORWARD:
+        expect((yi is None) != (ys is None) and (loss == SOFTMAX or ys is not None), "targets")
+    expect(yi is None or yi.shape[0] == N, "yi")
+    expect(ys is None or (ys.shape[0] == N and ys.shape[1] == K), "ys")
+    if what >= GRAD_V:
+        expect(dV is not None and dV.shape[0] == K and dV.shape[1] == P, "dV")
+        expect((dc is None) == (c is None) and (dc is None or dc.shape[0] == K), "dc")
+    if what == FULL:
+        expect(dF is not None and dF.shape[0] == N and dF.shape[1] == P, "dF")
+    cdef floating* pZ = &Z[0, 0]
+    cdef const floating* pF = &F[0, 0]
+    cdef const Py_ssize_t* pyi = iptr(yi)
+    cdef const floating* pys = ptr2(ys)
+    cdef const floating* pV = &V[0, 0]
+    cdef const floating* pc = ptr1(c)
+    cdef const Py_ssize_t* plen = iptr(lengths)
+    cdef floating* pdV = <floating*>ptr2(dV) if what >= GRAD_V else NULL
+    cdef floating* pdc = <floating*>ptr1(dc) if what >= GRAD_V else NULL
+    cdef floating* pdF = <floating*>ptr2(dF) if what == FULL else NULL
+    cdef Mode mode = PROBS if what == FORWARD else (LOSS_ONLY if what == LOSS else DZ)
+    cdef bint softmax = loss == SOFTMAX
+    cdef double total
+    with nogil:
+        output_forward(pZ, pF, <const floating*>NULL, pV, pc, N, P, K)
+        if softmax:
+            total = softmax_loss(pZ, pyi, pys, plen, N, B, K, ignore_index,
+                                 <floating>scale, mode)
+        else:
+            total = squared_error(pZ, pys, plen, N, B, K, <floating>scale, mode)
+        if mode == DZ:
+            output_backward(pZ, pF, <const floating*>NULL, pV, pdV, pdc, pdF,
+                            <floating*>NULL, N, P, K)
+    return total
+
+
+# ---------------------------------------------------------------------------
+# the model: the layer and the softmax head in one fused pass
+
+def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
+               const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
+               const Py_ssize_t[::1] yi, const floating[:, ::1] ys,
+               const floating[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
+               int D, int dirs, const floating[:, ::1] V not None, const floating[::1] c,
+               const floating[:, :, ::1] masks, floating[:, :, ::1] xin,
+               floating[:, ::1] WT, floating[:, ::1] UT, const Py_ssize_t[::1] lengths,
+               bint relu, Py_ssize_t ignore_index, double scale, int what,
+               floating[::1] dflat, floating[:, ::1] dV, floating[::1] dc,
+               floating[:, :, :, ::1] delta, floating[:, ::1] dx, floating[:, :, ::1] dh0,
+               floating[:, ::1] dUT, floating[:, ::1] G, floating[:, ::1] dX):
+    """Eqs. (1)-(7): the layer, the softmax head and, by ``what``, BPTT.
+
+    what : FORWARD, LOSS, GRAD_V or FULL
+    hs, xf, xi, flat, offs, D, dirs, masks, xin, WT, UT, lengths : as in
+        layer_forward;  Z : (T*B, K), the probabilities on exit with FORWARD
+    yi : (T*B,) class ids or ys : (T*B, K) target rows (None with FORWARD)
+    V : (K, dirs*H); c : (K,) or None
+    scale : 1 for reduction="sum", 1/count for "mean"; applied to dZ only
+    dV (K, dirs*H), dc: overwritten from GRAD_V; with FULL also dflat, delta,
+        dx, dh0 and the scratch dUT, G, dX as in layer_backward
+    Returns the summed (unscaled) loss (0.0 with FORWARD).
+    """
+    check_stack(hs, xf, xi, flat, offs, masks, xin, lengths, D, dirs)
+    check_scratch(WT, UT, D, hs.shape[3], xi is not None)
+    cdef int T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
+    cdef int L = hs.shape[0] // dirs, K = Z.shape[1]
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
+    expect(Z.shape[0] == TB and V.shape[0] == K and V.shape[1] == dirs * H, "Z, V")
+    expect(c is None or c.shape[0] == K, "c")
     expect(FORWARD <= what <= FULL, "what")
     if what == FORWARD:
         expect(yi is None and ys is None, "targets given to a forward pass")
     else:
         expect((yi is None) != (ys is None), "exactly one of yi, ys")
-    expect(yi is None or yi.shape[0] == n, "yi")
-    expect(ys is None or (ys.shape[0] == n and ys.shape[1] == k), "ys")
+    expect(yi is None or yi.shape[0] == TB, "yi")
+    expect(ys is None or (ys.shape[0] == TB and ys.shape[1] == K), "ys")
     if what >= GRAD_V:
-        expect(dV is not None and dV.shape[0] == k and dV.shape[1] == h, "dV")
-        expect((dc is None) == (c is None) and (dc is None or dc.shape[0] == k), "dc")
+        expect(dV is not None and dV.shape[0] == K and dV.shape[1] == dirs * H, "dV")
+        expect((dc is None) == (c is None) and (dc is None or dc.shape[0] == K), "dc")
     if what == FULL:
-        expect(delta is not None and delta.shape[0] * delta.shape[1] == n
-               and delta.shape[1] == nb and delta.shape[2] == h, "delta")
-        expect(dU is not None and dU.shape[0] == h and dU.shape[1] == d, "dU")
-        expect(dUT is None or (xi is not None and dUT.shape[0] == d and dUT.shape[1] == h), "dUT")
-        expect(dW is not None and dW.shape[0] == h and dW.shape[1] == h, "dW")
-        expect((db is None) == (b is None) and (db is None or db.shape[0] == h), "db")
-        expect(dh0 is not None and dh0.shape[0] == nb and dh0.shape[1] == h, "dh0")
-        expect(dx is None or (xf is not None and dx.shape[0] == n and dx.shape[1] == d), "dx")
-    cdef int T = hs.shape[0] - 1, B = hs.shape[1], H = hs.shape[2]
-    cdef int D = U.shape[1], K = V.shape[0]
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B
-    cdef floating* phs = &hs[0, 0, 0]
+        expect(dflat is not None and delta is not None and dh0 is not None and G is not None,
+               "backward buffers")
+        check_backward(hs, delta, flat, dflat, dx, dh0, dUT, G, dX, xf, masks)
+    cdef Py_ssize_t top = <Py_ssize_t>(L - 1) * dirs
+    cdef floating* phs = &hs[0, 0, 0, 0]
     cdef floating* pZ = &Z[0, 0]
     cdef const floating* pxf = ptr2(xf)
     cdef const Py_ssize_t* pxi = iptr(xi)
     cdef const Py_ssize_t* pyi = iptr(yi)
     cdef const floating* pys = ptr2(ys)
-    cdef const floating* pU = &U[0, 0]
-    cdef const floating* pUT = ptr2(UT)
-    cdef const floating* pW = &W[0, 0]
-    cdef const floating* pWT = ptr2(WT)
-    cdef const floating* pb = ptr1(b)
+    cdef const floating* pflat = &flat[0]
+    cdef const Py_ssize_t* poffs = &offs[0, 0]
     cdef const floating* pV = &V[0, 0]
     cdef const floating* pc = ptr1(c)
+    cdef const floating* pmasks = ptr3(masks)
+    cdef floating* pxin = <floating*>ptr3(xin)
+    cdef floating* pWT = <floating*>ptr2(WT)
+    cdef floating* pUT = <floating*>ptr2(UT)
     cdef const Py_ssize_t* plen = iptr(lengths)
-    cdef floating* pdV = NULL
-    cdef floating* pdc = NULL
+    cdef floating* pdV = <floating*>ptr2(dV) if what >= GRAD_V else NULL
+    cdef floating* pdc = <floating*>ptr1(dc) if what >= GRAD_V else NULL
+    cdef floating* pdflat = NULL
     cdef floating* pdelta = NULL
-    cdef floating* pdU = NULL
-    cdef floating* pdUT = NULL
-    cdef floating* pdW = NULL
-    cdef floating* pdb = NULL
-    cdef floating* pdh0 = NULL
     cdef floating* pdx = NULL
-    cdef Mode mode = PROBS if what == FORWARD else (LOSS_ONLY if what == LOSS else DZ)
-    cdef double total
-    if what >= GRAD_V:
-        pdV = &dV[0, 0]
-        pdc = <floating*>ptr1(dc)
+    cdef floating* pdh0 = NULL
+    cdef floating* pdUT = NULL
+    cdef floating* pG = NULL
+    cdef floating* pdX = NULL
+    cdef floating* dF0 = NULL
+    cdef floating* dF1 = NULL
     if what == FULL:
-        pdelta = &delta[0, 0, 0]
-        pdU = &dU[0, 0]
-        pdUT = <floating*>ptr2(dUT)
-        pdW = &dW[0, 0]
-        pdb = <floating*>ptr1(db)
-        pdh0 = &dh0[0, 0]
+        pdflat = &dflat[0]
+        pdelta = &delta[0, 0, 0, 0]
         pdx = <floating*>ptr2(dx)
+        pdh0 = &dh0[0, 0, 0]
+        pdUT = <floating*>ptr2(dUT)
+        pG = &G[0, 0]
+        pdX = <floating*>ptr2(dX)
+        # the head writes dL/doutput straight into the top layer's δ buffers
+        dF0 = pdelta + top * T * BH
+        dF1 = dF0 + T * BH if dirs == 2 else NULL
+    # the head reads the top layer's states where they lie
+    cdef const floating* F0 = state_rows(phs + top * (T + 1) * BH, B, H, 0)
+    cdef const floating* F1 = (state_rows(phs + (top + 1) * (T + 1) * BH, B, H, 1)
+                               if dirs == 2 else NULL)
+    cdef Mode mode = PROBS if what == FORWARD else (LOSS_ONLY if what == LOSS else DZ)
+    cdef bint full = what == FULL
+    cdef double total
     with nogil:
-        rnn_forward(phs, pxf, pxi, pU, pUT, pW, pWT, pb, plen, T, B, D, H, relu)
-        output_forward(pZ, phs + <Py_ssize_t>B * H, pV, pc, TB, H, K)
-        total = softmax_loss(pZ, pyi, pys, plen, T, B, K, ignore_index,
+        stack_forward(phs, pxf, pxi, pflat, poffs, pmasks, pxin, pWT, pUT, plen,
+                      T, B, D, H, L, dirs, relu)
+        output_forward(pZ, F0, F1, pV, pc, TB, H, K)
+        total = softmax_loss(pZ, pyi, pys, plen, TB, B, K, ignore_index,
                              <floating>scale, mode)
         if mode == DZ:
-            output_backward(pZ, phs + <Py_ssize_t>B * H, pV, pdV, pdc, pdelta,
-                            TB, H, K)
-        if pdelta != NULL:
-            rnn_backward(pdelta, phs, pxf, pxi, pU, pW, pdU, pdUT, pdW, pdb,
-                         pdh0, pdx, T, B, D, H, relu)
+            output_backward(pZ, F0, F1, pV, pdV, pdc, dF0, dF1, TB, H, K)
+        if full:
+            stack_backward(pdelta, phs, pxf, pxi, pflat, poffs, pmasks, pxin,
+                           <const floating*>NULL, pdflat, pdx, pdh0, pdUT, pG, pdX, plen,
+                           T, B, D, H, L, dirs, relu)
     return total
 
 
@@ -511,3 +397,51 @@ def id_range(const Py_ssize_t[::1] ids not None, Py_ssize_t ignore, bint use_ign
                 hi = v
             n += 1
     return lo, hi, n
+
+
+# ---------------------------------------------------------------------------
+# one time step, for generation and streaming
+
+def step_pass(const floating[:, :, ::1] h not None, floating[:, :, ::1] h_out not None,
+              const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
+              const floating[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
+              int D, bint relu, const floating[:, ::1] V, const floating[::1] c,
+              floating[:, ::1] Z):
+    """Eq. (1) for one step through every layer (one direction), then eq. (2).
+
+    h : (L, B, H) the states before the step;  h_out : (L, B, H) after it
+    xf : (B, D) floats or None;  xi : (B,) ids in [0, D) or None
+    flat, offs : as in layer_forward (offs is (L, 3));  V : (K, H) or None;
+    c : (K,) or None;  Z : (B, K) receives the probabilities when V is given
+    """
+    cdef Py_ssize_t L = h.shape[0], B = h.shape[1], H = h.shape[2]
+    expect(h_out.shape[0] == L and h_out.shape[1] == B and h_out.shape[2] == H
+           and offs.shape[0] == L and offs.shape[1] == 3 and B >= 1 and H >= 1, "h, offs")
+    expect((xf is None) != (xi is None), "exactly one of xf, xi")
+    expect(xf is None or (xf.shape[0] == B and xf.shape[1] == D), "xf")
+    expect(xi is None or xi.shape[0] == B, "xi")
+    cdef Py_ssize_t ld, need
+    for ld in range(L):
+        need = max(offs[ld, 0] + H * (D if ld == 0 else H), offs[ld, 1] + H * H, offs[ld, 2] + H)
+        expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and need <= flat.shape[0], "offs")
+    cdef int K = 0
+    if V is not None:
+        K = V.shape[0]
+        expect(V.shape[1] == H and Z is not None and Z.shape[0] == B and Z.shape[1] == K
+               and (c is None or c.shape[0] == K), "V, c, Z")
+    cdef const floating* pxf = ptr2(xf)
+    cdef const Py_ssize_t* pxi = iptr(xi)
+    cdef const floating* ph = &h[0, 0, 0]
+    cdef floating* pout = &h_out[0, 0, 0]
+    cdef const floating* pflat = &flat[0]
+    cdef const Py_ssize_t* poffs = &offs[0, 0]
+    cdef const floating* pV = ptr2(V)
+    cdef const floating* pc = ptr1(c)
+    cdef floating* pZ = <floating*>ptr2(Z) if V is not None else NULL
+    with nogil:
+        stack_step(pxf, pxi, ph, pout, pflat, poffs, <int>B, D, <int>H, <int>L, relu)
+        if pV != NULL:
+            output_forward(pZ, pout + (L - 1) * B * H, <const floating*>NULL, pV, pc, B,
+                           <int>H, K)
+            softmax_loss(pZ, <const Py_ssize_t*>NULL, <const floating*>NULL,
+                         <const Py_ssize_t*>NULL, B, <int>B, K, 0, 1, PROBS)

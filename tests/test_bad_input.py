@@ -177,7 +177,7 @@ H0_CASES = [
     pytest.param(np.zeros(H), ValueError, msg("h0 must have shape (2, 4)", "got (4,)"), id="h0-unbatched-for-batched-x"),
     pytest.param(np.zeros((B, H + 1)), ValueError, msg("h0 must have shape (2, 4)", "got (2, 5)"), id="h0-wrong-H"),
     pytest.param(np.zeros((B + 1, H)), ValueError, msg("h0 must have shape (2, 4)", "got (3, 4)"), id="h0-wrong-B"),
-    pytest.param(np.zeros((1, B, H)), ValueError, msg("h0 must have shape (2, 4)", "got (1, 2, 4)"), id="h0-3d"),
+    pytest.param(np.zeros((2, B, H)), ValueError, msg("h0 must have shape (2, 4)", "got (2, 2, 4)"), id="h0-3d"),
     pytest.param(np.zeros((H, B)), ValueError, msg("h0 must have shape (2, 4)", "got (4, 2)"), id="h0-transposed"),
     pytest.param(full((B, H), np.nan), ValueError, msg("h0 must be finite", "NaN or infinity"), id="h0-nan"),
     pytest.param(full((B, H), np.inf), ValueError, msg("h0 must be finite", "NaN or infinity"), id="h0-inf"),
@@ -196,7 +196,7 @@ def test_bad_h0(h0, exc, match):
 def test_bad_h0_unbatched():
     m = model()
     kw = with_(x=np.zeros(T, dtype=int), y=np.zeros(T, dtype=int))
-    check(call_all(m, {**kw, "h0": np.zeros((1, H))}), ValueError, msg("h0 must have shape (4,)", "got (1, 4)"))
+    check(call_all(m, {**kw, "h0": np.zeros((2, H))}), ValueError, msg("h0 must have shape (4,)", "got (2, 4)"))
     check(call_all(m, {**kw, "h0": np.zeros(H + 1)}), ValueError, msg("h0 must have shape (4,)", "got (5,)"))
 
 

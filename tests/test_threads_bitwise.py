@@ -170,7 +170,7 @@ def test_kernel_releases_the_gil(monkeypatch, entry):
     (sleep releases it, waking up takes it back).  A kernel holding the GIL
     would allow at most one tick (a switch just before the call); a kernel
     that releases it allows one per millisecond of the call."""
-    real = _kernels.run_pass
+    real = _kernels.model_pass
     inside = threading.Event()
 
     def wrapped(*args):
@@ -180,7 +180,7 @@ def test_kernel_releases_the_gil(monkeypatch, entry):
         finally:
             inside.clear()
 
-    monkeypatch.setattr(_kernels, "run_pass", wrapped)
+    monkeypatch.setattr(_kernels, "model_pass", wrapped)
     model = rnn_ext.RNN(8, 16, 8, seed=0)
     x = np.zeros((300_000, 1), np.int64)     # a few hundred ms in the kernel
     done = threading.Event()
