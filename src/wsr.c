@@ -365,11 +365,17 @@ static void job_run(const wsr_job* job, int tid) {
  * consistent, so no wake-up is lost).  One caller at a time owns the pool
  * (`busy`); a concurrent caller runs its job single-threaded instead. */
 
+/* how one thread waits (wait_change, below) */
+typedef struct {
+    long long spin_ns; /* the spin budget */
+    int streak;        /* waits in a row that ended in the yield phase */
+} wsr_waiter;
+
 typedef struct {
     wsr_atomic gen;
     const wsr_job* job;
-    long long spin_ns; /* this thread's spin budget in barriers; its own */
-    char pad[64 - sizeof(wsr_atomic) - sizeof(void*) - sizeof(long long)];
+    wsr_waiter waiter; /* how this thread waits in barriers; its own */
+    char pad[64 - sizeof(wsr_atomic) - sizeof(void*) - sizeof(wsr_waiter)];
 } wsr_slot;
 
 static struct {
@@ -393,19 +399,23 @@ static struct {
 #endif
 } g_pool;
 
-/* How long a waiter spins (pause), then yields, before it sleeps.  A
- * partner thread normally arrives within microseconds of a step, and a spin
- * notices it at once.  When the machine is oversubscribed the partner may be
- * waiting for this very core, and spinning only delays it: each thread keeps
- * its own spin budget, halved whenever a wait outlasted the spin and grown
- * again when spins succeed, so that it soon yields at once.  Yielding with
- * nothing else to run costs about a microsecond a round.  Between jobs,
- * workers spin briefly and sleep sooner. */
+/* How a thread waits: spin (pause), then yield, then sleep.  A partner
+ * thread normally arrives within microseconds of a step, and a spin notices
+ * it at once.  When the partner is waiting for this very core (an
+ * oversubscribed machine, or two threads the scheduler placed on one core),
+ * spinning only delays it: each thread keeps its own spin budget, halved
+ * whenever a wait outlasted the spin and grown again when spins succeed, so
+ * that it soon yields at once.  Two threads on one core that only ever yield
+ * are never moved apart by the scheduler; after a streak of waits that ended
+ * in yields the next wait sleeps, and the wake-up lets the scheduler place
+ * the thread on an idle core.  Between jobs, workers spin briefly and sleep
+ * sooner. */
 #define SPIN_NS_MAX 20000LL
 #define SPIN_NS_MIN 500LL
 #define SPIN_NS_IDLE 5000LL
 #define YIELD_NS_STEP 2000000LL
 #define YIELD_NS_IDLE 200000LL
+#define YIELD_STREAK 8
 
 static long long now_ns(void) {
 #if defined(_WIN32)
@@ -428,25 +438,33 @@ static void os_yield(void) {
 #endif
 }
 
-/* wait until *p != old: spin for up to *spin_ns, yield for up to yield_ns,
- * then sleep; *spin_ns adapts (above) */
-static void wait_change(wsr_atomic* p, long old, long long* spin_ns, long long yield_ns) {
+/* wait until *p != old: spin, yield for up to yield_ns, then sleep; w adapts
+ * (above) */
+static void wait_change(wsr_atomic* p, long old, wsr_waiter* w, long long yield_ns) {
     if (atomic_load(p) != old) return;
-    const long long start = now_ns();
-    for (unsigned i = 1;; i++) {
-        if (atomic_load(p) != old) {
-            *spin_ns += *spin_ns / 8 < SPIN_NS_MAX - *spin_ns ? *spin_ns / 8 : SPIN_NS_MAX - *spin_ns;
-            return;
+    if (w->streak < YIELD_STREAK) {
+        const long long start = now_ns();
+        for (unsigned i = 1;; i++) {
+            if (atomic_load(p) != old) {
+                const long long room = SPIN_NS_MAX - w->spin_ns;
+                w->spin_ns += w->spin_ns / 8 < room ? w->spin_ns / 8 : room;
+                w->streak = 0;
+                return;
+            }
+            cpu_relax();
+            if (i % 16 == 0 && now_ns() - start > w->spin_ns) break;
         }
-        cpu_relax();
-        if (i % 16 == 0 && now_ns() - start > *spin_ns) break;
+        w->spin_ns = w->spin_ns / 2 > SPIN_NS_MIN ? w->spin_ns / 2 : SPIN_NS_MIN;
+        for (;;) {
+            if (atomic_load(p) != old) {
+                w->streak++;
+                return;
+            }
+            os_yield();
+            if (now_ns() - start > w->spin_ns + yield_ns) break;
+        }
     }
-    *spin_ns = *spin_ns / 2 > SPIN_NS_MIN ? *spin_ns / 2 : SPIN_NS_MIN;
-    for (;;) {
-        if (atomic_load(p) != old) return;
-        os_yield();
-        if (now_ns() - start > *spin_ns + yield_ns) break;
-    }
+    w->streak = 0;
 #if defined(_WIN32)
     AcquireSRWLockExclusive(&g_pool.lock);
     atomic_add(&g_pool.sleepers, 1);
@@ -484,15 +502,15 @@ static void barrier(int n, int tid) {
         atomic_add(&g_pool.bar_gen, 1);
         wake_sleepers();
     } else {
-        wait_change(&g_pool.bar_gen, gen, &g_pool.slot[tid].spin_ns, YIELD_NS_STEP);
+        wait_change(&g_pool.bar_gen, gen, &g_pool.slot[tid].waiter, YIELD_NS_STEP);
     }
 }
 
 static void worker_loop(int id) {
     long seen = 0;
     for (;;) {
-        long long spin = SPIN_NS_IDLE;
-        wait_change(&g_pool.slot[id].gen, seen, &spin, YIELD_NS_IDLE);
+        wsr_waiter idle = {SPIN_NS_IDLE, 0};
+        wait_change(&g_pool.slot[id].gen, seen, &idle, YIELD_NS_IDLE);
         seen = atomic_load(&g_pool.slot[id].gen);
         job_run(g_pool.slot[id].job, id);
     }
@@ -533,7 +551,8 @@ static int pool_grow(int want) {
         pthread_cond_init(&g_pool.cond, NULL);
         pthread_atfork(NULL, NULL, pool_after_fork_child);
 #endif
-        g_pool.slot[0].spin_ns = SPIN_NS_MAX; /* the caller's, whichever thread it is */
+        /* the caller's, whichever thread it is */
+        g_pool.slot[0].waiter.spin_ns = SPIN_NS_MAX;
         g_pool.initialised = 1;
     }
     if (want > WSR_MAX_THREADS - 1) want = WSR_MAX_THREADS - 1;
@@ -546,7 +565,8 @@ static int pool_grow(int want) {
     while (g_pool.nworkers < want) {
         const int id = g_pool.nworkers + 1;
         g_pool.slot[id].gen = 0;
-        g_pool.slot[id].spin_ns = SPIN_NS_MAX;
+        g_pool.slot[id].waiter.spin_ns = SPIN_NS_MAX;
+        g_pool.slot[id].waiter.streak = 0;
 #if defined(_WIN32)
         uintptr_t h = _beginthreadex(NULL, 0, worker_main, (void*)(intptr_t)id, 0, NULL);
         if (h == 0) break;
