@@ -33,6 +33,10 @@
  * caller among them.  nthreads is honoured as given: a barrier costs about
  * half a microsecond, so one thread is faster when a step has little work
  * (break-even measured on a 2-core AVX-512 machine: B*H*H around 2^15).
+ * Other threads that busy-wait take cores from the pool: OpenBLAS's workers
+ * keep yielding for about 2^28 cycles after each multi-threaded BLAS call
+ * (OPENBLAS_THREAD_TIMEOUT), which halves a 2-thread recurrence that follows
+ * one; run BLAS single-threaded around it, or set that variable low.
  *
  * The caller guarantees: H >= 1, B >= 1 (T <= 0 does nothing); packed
  * buffers written by rnn_ext_wsr_pack for this W and H and not changed since;
