@@ -11,6 +11,7 @@
  *
  * Every kernel computes each output element as ONE chain
  *     acc = out[b, j];  for k = 0 .. H-1: acc = fma(in[b, k], Wf[k, j], acc)
+ * (the portable path: acc += in * Wf, fused or not as the compiler targets)
  * followed by the elementwise epilogue, whatever tile the element falls in.
  * That invariant is what makes results independent of the thread count
  * (threads only change which columns a call covers); keep it.
