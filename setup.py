@@ -40,6 +40,20 @@ else:
         compile_args += [sanitizers, "-fno-omit-frame-pointer"]
         link_args += [sanitizers]
 
+# The weight-stationary recurrence (src/wsr.h): plain C, one unit per
+# instruction set, each compiled for the baseline target (the SIMD kernels
+# carry per-function target attributes and are picked at run time).  Every
+# extension that calls it compiles these sources in.
+WSR_SOURCES = [
+    "src/wsr.c",
+    "src/wsr_portable.c",
+    "src/wsr_avx2.c",
+    "src/wsr_avx512.c",
+    "src/wsr_neon.c",
+]
+# its persistent worker threads
+wsr_link_args = [] if sys.platform == "win32" else ["-pthread"]
+
 extensions = [
     Extension(
         "rnn_ext._kernels",
@@ -60,6 +74,14 @@ extensions = [
         extra_compile_args=compile_args
         + ([] if sys.platform == "win32" else ["-fno-math-errno", "-ffp-contract=off"]),
         extra_link_args=link_args,
+    ),
+    Extension(
+        "rnn_ext._wsr",
+        ["src/_wsr.pyx", *WSR_SOURCES],
+        include_dirs=["src"],
+        depends=["src/wsr.h", "src/wsr_internal.h", "src/_blas.pxd", "src/_fastmath.h"],
+        extra_compile_args=compile_args + wsr_link_args,
+        extra_link_args=link_args + wsr_link_args,
     ),
 ]
 

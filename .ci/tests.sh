@@ -33,8 +33,8 @@ python -c "import rnn_ext; rnn_ext.show_config()"
 log "pytest (the README's test command; warnings are errors)"
 python -m pytest
 
-log "mypy rnn_ext/ and stubtest rnn_ext._kernels rnn_ext._flat"
+log "mypy rnn_ext/ and stubtest rnn_ext._kernels, rnn_ext._flat, rnn_ext._wsr"
 pip_install python mypy
 python -m mypy
 python -m mypy.stubtest --mypy-config-file pyproject.toml \
-    --allowlist .ci/stubtest-allowlist.txt rnn_ext._kernels rnn_ext._flat
+    --allowlist .ci/stubtest-allowlist.txt rnn_ext._kernels rnn_ext._flat rnn_ext._wsr

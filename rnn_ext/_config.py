@@ -46,6 +46,20 @@ def _compiled() -> dict[str, Any]:
     }
 
 
+def _recurrence() -> dict[str, Any]:
+    """The instruction-set path of the float32 weight-stationary recurrence (src/wsr.h)."""
+    try:
+        from . import _wsr
+    except ImportError as exc:
+        return {"importable": False, "error": str(exc)}
+    info: dict[str, Any] = {"importable": True, "path": _wsr.path(),
+                            "available": list(_wsr.available_paths())}
+    forced = os.environ.get("RNN_EXT_SIMD")
+    if forced is not None:
+        info["RNN_EXT_SIMD"] = forced
+    return info
+
+
 def _blas() -> dict[str, Any]:
     """scipy's build-time BLAS, and the loaded BLAS libraries the kernel calls."""
     info: dict[str, Any] = {}
@@ -97,6 +111,7 @@ def _collect() -> dict[str, Any]:
         "dependencies": {name: _version(name) for name in
                          ("numpy", "scipy", "threadpoolctl", "tqdm")},
         "compiled": _compiled(),
+        "recurrence": _recurrence(),
         "blas": _blas(),
     }
 
@@ -151,6 +166,15 @@ def show_config(file: IO[str] | None = None, *,
         ]
     else:
         lines.append(f"  NOT IMPORTABLE: {comp['error']}")
+    rec = info["recurrence"]
+    if rec["importable"]:
+        forced = rec.get("RNN_EXT_SIMD")
+        note = ("" if forced is None else f"; RNN_EXT_SIMD={forced!r}"
+                + ("" if forced == rec["path"] else " ignored (unknown or unsupported here)"))
+        lines.append(f"  float32 recurrence path: {rec['path']} "
+                     f"(available: {', '.join(rec['available'])}{note})")
+    else:
+        lines.append(f"  float32 recurrence (rnn_ext._wsr) NOT IMPORTABLE: {rec['error']}")
     lines.append(f"BLAS (scipy's, which the kernel calls; scipy built with {blas['scipy build']}):")
     if not blas["libraries"]:
         lines.append("  no BLAS library detected by threadpoolctl (e.g. macOS Accelerate)")

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The instruction-set paths of the weight-stationary recurrence (src/wsr*.c):
+#   1. a fresh install in its own venv; tests/test_wsr.py once per path this
+#      machine supports, each forced with RNN_EXT_SIMD (portable always), and
+#      an unknown RNN_EXT_SIMD ignored (the automatic path stands);
+#   2. the C kernels and their C check (tests/c/wsr_check.c) cross-compiled
+#      for aarch64 (-Wall -Wextra -Werror, static) and run under qemu-aarch64:
+#      the NEON and portable paths against a naive float64 reference;
+#   3. the C kernels compiled for Windows with x86_64-w64-mingw32-gcc
+#      (-Wall -Wextra -Werror; Win32 threads) and the check linked;
+#   4. where clang is installed (not installed by this step), the C check
+#      built with clang -Werror and run natively.
+# Missing cross tools are installed first with apt-get (needs root).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+need=()
+command -v aarch64-linux-gnu-gcc > /dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 > /dev/null || need+=(qemu-user)
+command -v x86_64-w64-mingw32-gcc > /dev/null || need+=(gcc-mingw-w64-x86-64)
+if (( ${#need[@]} )); then
+    log "apt-get install ${need[*]}"
+    (( $(id -u) == 0 )) || die "missing ${need[*]} and not root: install them first"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
+fi
+
+venv="$CI_DIR/simd"
+src="$CI_DIR/simd-src"
+new_venv "$venv"
+source_copy "$src"
+
+log "install (fresh venv, from a clean copy of the sources)"
+pip_install "$venv/bin/python" "$src[test]"
+assert_installed_import "$venv"
+run_py() { (cd "$(mktemp -d)" && "$venv/bin/python" "$@"); }
+read -r -a paths <<< "$(run_py -c 'from rnn_ext import _wsr; print(*_wsr.available_paths())')"
+auto="$(run_py -c 'from rnn_ext import _wsr; print(_wsr.path())')"
+echo "paths supported here: ${paths[*]}; automatic choice: $auto"
+[[ " ${paths[*]} " == *" portable "* ]] || die "portable is not among the paths"
+
+for p in "${paths[@]}"; do
+    log "tests/test_wsr.py with RNN_EXT_SIMD=$p"
+    (cd "$(mktemp -d)" && RNN_EXT_SIMD="$p" PYTHONPATH="$ROOT/.ci" "$venv/bin/python" -m pytest \
+        -p pytest_installed -p no:cacheprovider -q "$ROOT/tests/test_wsr.py")
+done
+
+log "an unknown or unsupported RNN_EXT_SIMD is ignored"
+for bogus in sse9 AVX2 ""; do
+    got="$(RNN_EXT_SIMD="$bogus" run_py -c 'from rnn_ext import _wsr; print(_wsr.path())')"
+    [[ $got == "$auto" ]] || die "RNN_EXT_SIMD='$bogus' gave path $got, not the automatic $auto"
+done
+echo "ok: RNN_EXT_SIMD in {sse9, AVX2, ''} -> $auto"
+
+cflags=(-O2 -Wall -Wextra -Werror -I"$ROOT/src")
+wsr_c=("$ROOT"/src/wsr*.c)
+out="$CI_DIR/simd-cross"
+rm -rf "$out"
+mkdir -p "$out"
+
+log "aarch64: cross-compile (aarch64-linux-gnu-gcc $(aarch64-linux-gnu-gcc -dumpversion)) and run under qemu-aarch64"
+aarch64-linux-gnu-gcc "${cflags[@]}" -static -pthread "$ROOT/tests/c/wsr_check.c" "${wsr_c[@]}" \
+    -o "$out/wsr_check-aarch64" -lm
+qemu-aarch64 "$out/wsr_check-aarch64" | tee "$out/aarch64.txt"
+grep -q "^path neon .* 0 failed" "$out/aarch64.txt" || die "the NEON path was not tested under qemu"
+
+log "Windows: x86_64-w64-mingw32-gcc $(x86_64-w64-mingw32-gcc -dumpversion), -Wall -Wextra -Werror"
+for f in "${wsr_c[@]}"; do
+    x86_64-w64-mingw32-gcc "${cflags[@]}" -c "$f" -o "$out/$(basename "$f" .c).obj"
+done
+x86_64-w64-mingw32-gcc "${cflags[@]}" "$ROOT/tests/c/wsr_check.c" "$out"/*.obj \
+    -o "$out/wsr_check.exe"
+echo "compiled warning-free: ${wsr_c[*]##*/}; linked wsr_check.exe"
+
+if command -v clang > /dev/null; then
+    log "clang $(clang -dumpversion): the C check built with -Werror and run natively"
+    clang "${cflags[@]}" -O3 -pthread "$ROOT/tests/c/wsr_check.c" "${wsr_c[@]}" -o "$out/wsr_check-clang" -lm
+    "$out/wsr_check-clang"
+else
+    echo "clang not installed: its build of the C kernels not checked here"
+fi

@@ -1,0 +1,651 @@
+/* The weight-stationary recurrence (public interface and its contract:
+ * src/wsr.h): packing, the per-step loops of the forward and backward
+ * recurrences, the choice of instruction-set path, and the persistent thread
+ * pool with its one barrier per time step.  The micro-kernels are in
+ * src/wsr_<path>.c; their interface and the packed layout in
+ * src/wsr_internal.h.
+ *
+ * Shape letters: T time steps, B batch, H hidden size, P = ceil(H / 32)
+ * panels of W's output columns. */
+#include "wsr.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wsr_internal.h"
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#endif
+#if defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#include <process.h>
+#include <windows.h>
+#else
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <time.h>
+#endif
+
+#if WSR_X86_64
+#if !defined(_MSC_VER) || defined(__clang__)
+#include <cpuid.h>
+#endif
+#include <immintrin.h> /* _mm_pause */
+#endif
+
+#define WSR_MAX_THREADS 64
+
+/* prefetch into L2 (and outer levels) */
+#if defined(_MSC_VER) && !defined(__clang__)
+#if WSR_X86_64
+#define WSR_PREFETCH_L2(p) _mm_prefetch((const char*)(p), _MM_HINT_T1)
+#else
+#define WSR_PREFETCH_L2(p) ((void)(p))
+#endif
+#else
+#define WSR_PREFETCH_L2(p) __builtin_prefetch((const void*)(p), 0, 2)
+#endif
+
+/* ------------------------------------------------------------------------
+ * atomics: GCC/Clang builtins (also mingw), Interlocked functions on MSVC */
+
+#if defined(_MSC_VER) && !defined(__clang__)
+typedef volatile long wsr_atomic;
+static long atomic_load(wsr_atomic* p) {
+#if defined(_M_ARM64)
+    /* as MSVC's own <atomic> does an acquire load on ARM64 */
+    const long v = (long)__iso_volatile_load32((const volatile __int32*)p);
+    __dmb(0xB); /* _ARM64_BARRIER_ISH */
+    return v;
+#else
+    const long v = *p; /* x86 loads are acquire loads */
+    _ReadWriteBarrier();
+    return v;
+#endif
+}
+static long atomic_add(wsr_atomic* p, long v) { return _InterlockedExchangeAdd(p, v); }
+static void atomic_store(wsr_atomic* p, long v) { _InterlockedExchange(p, v); }
+static int atomic_cas(wsr_atomic* p, long expected, long desired) {
+    return _InterlockedCompareExchange(p, desired, expected) == expected;
+}
+#else
+typedef long wsr_atomic;
+static long atomic_load(wsr_atomic* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+/* returns the old value; sequentially consistent */
+static long atomic_add(wsr_atomic* p, long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static void atomic_store(wsr_atomic* p, long v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static int atomic_cas(wsr_atomic* p, long expected, long desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
+#endif
+
+static void cpu_relax(void) {
+#if WSR_X86_64
+    _mm_pause();
+#elif defined(_MSC_VER) && defined(_M_ARM64)
+    __yield();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* ------------------------------------------------------------------------
+ * the instruction-set path */
+
+enum { PATH_PORTABLE, PATH_AVX2, PATH_AVX512, PATH_NEON, N_PATHS };
+static const char* const path_names[N_PATHS] = {"portable", "avx2", "avx512", "neon"};
+
+#if WSR_X86_64
+static void cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
+#if defined(_MSC_VER) && !defined(__clang__)
+    int x[4];
+    __cpuidex(x, (int)leaf, (int)sub);
+    for (int i = 0; i < 4; i++) r[i] = (unsigned)x[i];
+#else
+    __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+#endif
+}
+
+/* XCR0: which register states the OS saves and restores */
+static unsigned long long xcr0(void) {
+#if defined(_MSC_VER) && !defined(__clang__)
+    return _xgetbv(0);
+#else
+    unsigned lo, hi;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+#endif
+}
+#endif
+
+/* 1 when this build has the path and the CPU (and OS) can run it */
+static int path_supported(int path) {
+    switch (path) {
+    case PATH_PORTABLE:
+        return 1;
+#if WSR_X86_64
+    case PATH_AVX2:
+    case PATH_AVX512: {
+        unsigned r[4];
+        cpuid(0, 0, r);
+        const unsigned max_leaf = r[0];
+        if (max_leaf < 7) return 0;
+        cpuid(1, 0, r);
+        const int osxsave = (r[2] >> 27) & 1, avx = (r[2] >> 28) & 1, fma = (r[2] >> 12) & 1;
+        if (!osxsave || !avx) return 0;
+        const unsigned long long x = xcr0();
+        cpuid(7, 0, r);
+        if (path == PATH_AVX2)
+            /* the OS saves xmm and ymm; AVX2 (leaf 7 ebx bit 5) and FMA */
+            return (x & 0x6) == 0x6 && ((r[1] >> 5) & 1) && fma;
+        /* ... and opmask, zmm0-15 upper halves, zmm16-31; AVX512F (bit 16) */
+        return (x & 0xE6) == 0xE6 && ((r[1] >> 16) & 1);
+    }
+#endif
+#if WSR_AARCH64
+    case PATH_NEON:
+        return 1;
+#endif
+    default:
+        return 0;
+    }
+}
+
+static const wsr_kernels* path_kernels(int path) {
+    switch (path) {
+#if WSR_X86_64
+    case PATH_AVX2:
+        return &rnn_ext_wsr_avx2;
+    case PATH_AVX512:
+        return &rnn_ext_wsr_avx512;
+#endif
+#if WSR_AARCH64
+    case PATH_NEON:
+        return &rnn_ext_wsr_neon;
+#endif
+    default:
+        return &rnn_ext_wsr_portable;
+    }
+}
+
+static int path_by_name(const char* name) {
+    if (name == NULL) return -1;
+    for (int i = 0; i < N_PATHS; i++)
+        if (strcmp(name, path_names[i]) == 0) return i;
+    return -1;
+}
+
+/* -1 until the first call decides */
+static wsr_atomic g_path = -1;
+
+static int current_path(void) {
+    long p = atomic_load(&g_path);
+    if (p >= 0) return (int)p;
+    /* the automatic choice: the widest path the CPU supports ... */
+    int choice = PATH_PORTABLE;
+    if (path_supported(PATH_NEON)) choice = PATH_NEON;
+    if (path_supported(PATH_AVX2)) choice = PATH_AVX2;
+    if (path_supported(PATH_AVX512)) choice = PATH_AVX512;
+    /* ... unless RNN_EXT_SIMD names a supported one (otherwise ignored) */
+    const int forced = path_by_name(getenv("RNN_EXT_SIMD"));
+    if (forced >= 0 && path_supported(forced)) choice = forced;
+    /* a concurrent first call or rnn_ext_wsr_set_path may have won */
+    atomic_cas(&g_path, -1, choice);
+    return (int)atomic_load(&g_path);
+}
+
+const char* rnn_ext_wsr_path(void) { return path_names[current_path()]; }
+
+int rnn_ext_wsr_supported(const char* name) {
+    const int p = path_by_name(name);
+    return p >= 0 && path_supported(p);
+}
+
+int rnn_ext_wsr_set_path(const char* name) {
+    const int p = path_by_name(name);
+    if (p < 0 || !path_supported(p)) return -1;
+    atomic_store(&g_path, p);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * packing */
+
+size_t rnn_ext_wsr_packed_size(int H) {
+    const size_t P = ((size_t)H + WSR_NR - 1) / WSR_NR;
+    return P * WSR_NR * (size_t)H;
+}
+
+void rnn_ext_wsr_pack(const float* W, int H, float* packed_fwd, float* packed_bwd) {
+    const int P = (H + WSR_NR - 1) / WSR_NR;
+    for (int p = 0; p < P; p++) {
+        const ptrdiff_t base = (ptrdiff_t)p * H * WSR_NR;
+        if (packed_fwd != NULL) {
+            /* panel p, row k: W.T[k, p*32 + j] = W[p*32 + j, k]; a transpose
+             * in blocks of 32 k, so that the block's panel rows stay in cache */
+            for (int k0 = 0; k0 < H; k0 += WSR_NR) {
+                const int kn = H - k0 < WSR_NR ? H - k0 : WSR_NR;
+                float* dst = packed_fwd + base + (ptrdiff_t)k0 * WSR_NR;
+                for (int j = 0; j < WSR_NR; j++) {
+                    const int c = p * WSR_NR + j;
+                    if (c < H) {
+                        const float* row = W + (ptrdiff_t)c * H + k0;
+                        for (int k = 0; k < kn; k++) dst[k * WSR_NR + j] = row[k];
+                    } else {
+                        for (int k = 0; k < kn; k++) dst[k * WSR_NR + j] = 0.0f;
+                    }
+                }
+            }
+        }
+        if (packed_bwd != NULL) {
+            /* panel p, row k: W[k, p*32 + j] */
+            const int nc = H - p * WSR_NR < WSR_NR ? H - p * WSR_NR : WSR_NR;
+            for (int k = 0; k < H; k++) {
+                float* dst = packed_bwd + base + (ptrdiff_t)k * WSR_NR;
+                memcpy(dst, W + (ptrdiff_t)k * H + (ptrdiff_t)p * WSR_NR,
+                       (size_t)nc * sizeof(float));
+                for (int j = nc; j < WSR_NR; j++) dst[j] = 0.0f;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * one layer-direction's recurrence, as run by each of n threads */
+
+typedef struct wsr_job {
+    wsr_kernel_fn kernel;
+    const float* packed;
+    float* x;        /* hs (forward) or delta (backward) */
+    const float* hs; /* backward: the forward's hidden states */
+    const ptrdiff_t* lengths;
+    int T, B, H, reverse, relu, backward;
+    int nthreads, npanels;
+} wsr_job;
+
+static void barrier(int n, int tid);
+
+/* Step i of the job: the kernel's pointers in s (packed, B, H, relu set by
+ * the caller), the rows that padded steps get (NULL: zeros); returns t. */
+static int step_setup(const wsr_job* job, int i, wsr_step* s, const float** fill) {
+    const int T = job->T;
+    const ptrdiff_t BH = (ptrdiff_t)job->B * job->H;
+    float* x = job->x;
+    int t;
+    *fill = NULL;
+    if (!job->backward) {
+        t = job->reverse ? T - 1 - i : i;
+        if (!job->reverse) {
+            /* hs[t+1] = f(A[t] + hs[t] @ W.T) */
+            s->out = x + (t + 1) * BH;
+            s->in = x + t * BH;
+        } else {
+            /* hs[t] = f(A[t] + hs[t+1] @ W.T); padded rows restart from h0 */
+            s->out = x + t * BH;
+            s->in = x + (t + 1) * BH;
+            *fill = x + T * BH;
+        }
+        s->h = NULL;
+    } else {
+        t = job->reverse ? i : T - 1 - i;
+        s->out = x + t * BH;
+        if (!job->reverse) {
+            /* delta[t] = (delta[t] + delta[t+1] @ W) * f'(hs[t+1]) */
+            s->in = i == 0 ? NULL : x + (t + 1) * BH;
+            s->h = job->hs + (t + 1) * BH;
+        } else {
+            /* delta[t] = (delta[t] + delta[t-1] @ W) * f'(hs[t]) */
+            s->in = i == 0 ? NULL : x + (t - 1) * BH;
+            s->h = job->hs + t * BH;
+        }
+    }
+    return t;
+}
+
+/* Thread tid of job->nthreads: every step for its own panels, a barrier
+ * after each (the last one also tells the caller the job is done). */
+static void job_run(const wsr_job* job, int tid) {
+    const int n = job->nthreads, P = job->npanels, T = job->T, B = job->B, H = job->H;
+    const int p0 = (int)((long long)P * tid / n), p1 = (int)((long long)P * (tid + 1) / n);
+    const int c0 = p0 * WSR_NR, c1 = p1 * WSR_NR < H ? p1 * WSR_NR : H;
+    wsr_step s;
+    s.packed = job->packed;
+    s.B = B;
+    s.H = H;
+    s.relu = job->relu;
+    for (int i = 0; i < T; i++) {
+        const float* fill;
+        const int t = step_setup(job, i, &s, &fill);
+        if (i + 1 < T && c0 < c1) {
+            /* the next step's A[t] or upstream rows, and its h_t rows, into L2
+             * while this step computes: each is read once, in the epilogue
+             * or at a tile's start, and would otherwise miss to L3 */
+            wsr_step next = s;
+            const float* unused;
+            step_setup(job, i + 1, &next, &unused);
+            for (int b = 0; b < B; b++) {
+                const float* o = next.out + (ptrdiff_t)b * H;
+                const float* h = next.h != NULL ? next.h + (ptrdiff_t)b * H : NULL;
+                for (int j = c0; j < c1; j += 16) {
+                    WSR_PREFETCH_L2(o + j);
+                    if (h != NULL) WSR_PREFETCH_L2(h + j);
+                }
+            }
+        }
+        if (c0 < c1) {
+            job->kernel(&s, c0, c1);
+            if (job->lengths != NULL) {
+                for (int b = 0; b < B; b++) {
+                    if (t < job->lengths[b]) continue;
+                    float* row = s.out + (ptrdiff_t)b * H + c0;
+                    if (fill != NULL)
+                        memcpy(row, fill + (ptrdiff_t)b * H + c0, (size_t)(c1 - c0) * sizeof(float));
+                    else
+                        memset(row, 0, (size_t)(c1 - c0) * sizeof(float));
+                }
+            }
+        }
+        if (n > 1) barrier(n, tid);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * the thread pool
+ *
+ * Workers 1 .. nworkers (the caller is thread 0) each wait on their own
+ * slot's generation counter; a job is posted by writing the slot's job and
+ * then bumping its generation.  Waiting spins (pause), then yields, then
+ * sleeps on the pool's condition variable; whoever bumps a counter that a
+ * sleeper may wait on wakes the sleepers (`sleepers` is read after the bump
+ * and incremented before the sleeper's last check, both sequentially
+ * consistent, so no wake-up is lost).  One caller at a time owns the pool
+ * (`busy`); a concurrent caller runs its job single-threaded instead. */
+
+/* how one thread waits (wait_change, below) */
+typedef struct {
+    long long spin_ns; /* the spin budget */
+    int streak;        /* waits in a row that ended in the yield phase */
+} wsr_waiter;
+
+typedef struct {
+    wsr_atomic gen;
+    const wsr_job* job;
+    wsr_waiter waiter; /* how this thread waits in barriers; its own */
+    char pad[64 - sizeof(wsr_atomic) - sizeof(void*) - sizeof(wsr_waiter)];
+} wsr_slot;
+
+static struct {
+    wsr_atomic busy;
+    char pad0[64];
+    wsr_atomic bar_count;
+    char pad1[64];
+    wsr_atomic bar_gen;
+    char pad2[64];
+    wsr_atomic sleepers;
+    char pad3[64];
+    wsr_slot slot[WSR_MAX_THREADS];
+    int nworkers;
+    int initialised;
+#if defined(_WIN32)
+    SRWLOCK lock;
+    CONDITION_VARIABLE cond;
+#else
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+#endif
+} g_pool;
+
+/* How a thread waits: spin (pause), then yield, then sleep.  A partner
+ * thread normally arrives within microseconds of a step, and a spin notices
+ * it at once.  When the partner is waiting for this very core (an
+ * oversubscribed machine, or two threads the scheduler placed on one core),
+ * spinning only delays it: each thread keeps its own spin budget, halved
+ * whenever a wait outlasted the spin and grown again when spins succeed, so
+ * that it soon yields at once.  Two threads on one core that only ever yield
+ * are never moved apart by the scheduler; after a streak of waits that ended
+ * in yields the next wait sleeps, and the wake-up lets the scheduler place
+ * the thread on an idle core.  Between jobs, workers spin briefly and sleep
+ * sooner. */
+#define SPIN_NS_MAX 20000LL
+#define SPIN_NS_MIN 500LL
+#define SPIN_NS_IDLE 5000LL
+#define YIELD_NS_STEP 2000000LL
+#define YIELD_NS_IDLE 200000LL
+#define YIELD_STREAK 8
+
+static long long now_ns(void) {
+#if defined(_WIN32)
+    LARGE_INTEGER t, f;
+    QueryPerformanceCounter(&t);
+    QueryPerformanceFrequency(&f);
+    return (long long)((double)t.QuadPart * 1e9 / (double)f.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+#endif
+}
+
+static void os_yield(void) {
+#if defined(_WIN32)
+    SwitchToThread();
+#else
+    sched_yield();
+#endif
+}
+
+/* wait until *p != old: spin, yield for up to yield_ns, then sleep; w adapts
+ * (above) */
+static void wait_change(wsr_atomic* p, long old, wsr_waiter* w, long long yield_ns) {
+    if (atomic_load(p) != old) return;
+    if (w->streak < YIELD_STREAK) {
+        const long long start = now_ns();
+        for (unsigned i = 1;; i++) {
+            if (atomic_load(p) != old) {
+                const long long room = SPIN_NS_MAX - w->spin_ns;
+                w->spin_ns += w->spin_ns / 8 < room ? w->spin_ns / 8 : room;
+                w->streak = 0;
+                return;
+            }
+            cpu_relax();
+            if (i % 16 == 0 && now_ns() - start > w->spin_ns) break;
+        }
+        w->spin_ns = w->spin_ns / 2 > SPIN_NS_MIN ? w->spin_ns / 2 : SPIN_NS_MIN;
+        for (;;) {
+            if (atomic_load(p) != old) {
+                w->streak++;
+                return;
+            }
+            os_yield();
+            if (now_ns() - start > w->spin_ns + yield_ns) break;
+        }
+    }
+    w->streak = 0;
+#if defined(_WIN32)
+    AcquireSRWLockExclusive(&g_pool.lock);
+    atomic_add(&g_pool.sleepers, 1);
+    while (atomic_load(p) == old) SleepConditionVariableSRW(&g_pool.cond, &g_pool.lock, INFINITE, 0);
+    atomic_add(&g_pool.sleepers, -1);
+    ReleaseSRWLockExclusive(&g_pool.lock);
+#else
+    pthread_mutex_lock(&g_pool.lock);
+    atomic_add(&g_pool.sleepers, 1);
+    while (atomic_load(p) == old) pthread_cond_wait(&g_pool.cond, &g_pool.lock);
+    atomic_add(&g_pool.sleepers, -1);
+    pthread_mutex_unlock(&g_pool.lock);
+#endif
+}
+
+/* after bumping a counter: wake whoever sleeps */
+static void wake_sleepers(void) {
+    if (atomic_add(&g_pool.sleepers, 0) == 0) return;
+#if defined(_WIN32)
+    AcquireSRWLockExclusive(&g_pool.lock);
+    WakeAllConditionVariable(&g_pool.cond);
+    ReleaseSRWLockExclusive(&g_pool.lock);
+#else
+    pthread_mutex_lock(&g_pool.lock);
+    pthread_cond_broadcast(&g_pool.cond);
+    pthread_mutex_unlock(&g_pool.lock);
+#endif
+}
+
+/* all n threads of the current job meet here; tid is the caller's */
+static void barrier(int n, int tid) {
+    const long gen = atomic_load(&g_pool.bar_gen);
+    if (atomic_add(&g_pool.bar_count, 1) == n - 1) {
+        atomic_store(&g_pool.bar_count, 0);
+        atomic_add(&g_pool.bar_gen, 1);
+        wake_sleepers();
+    } else {
+        wait_change(&g_pool.bar_gen, gen, &g_pool.slot[tid].waiter, YIELD_NS_STEP);
+    }
+}
+
+static void worker_loop(int id) {
+    long seen = 0;
+    for (;;) {
+        wsr_waiter idle = {SPIN_NS_IDLE, 0};
+        wait_change(&g_pool.slot[id].gen, seen, &idle, YIELD_NS_IDLE);
+        seen = atomic_load(&g_pool.slot[id].gen);
+        job_run(g_pool.slot[id].job, id);
+    }
+}
+
+#if defined(_WIN32)
+static unsigned __stdcall worker_main(void* arg) {
+    worker_loop((int)(intptr_t)arg);
+    return 0;
+}
+#else
+static void* worker_main(void* arg) {
+    worker_loop((int)(intptr_t)arg);
+    return NULL;
+}
+
+/* in a forked child the workers are gone: start again from none */
+static void pool_after_fork_child(void) {
+    pthread_mutex_init(&g_pool.lock, NULL);
+    pthread_cond_init(&g_pool.cond, NULL);
+    g_pool.nworkers = 0;
+    g_pool.sleepers = 0;
+    g_pool.bar_count = 0;
+    g_pool.bar_gen = 0;
+    for (int i = 0; i < WSR_MAX_THREADS; i++) g_pool.slot[i].gen = 0;
+    g_pool.busy = 0;
+}
+#endif
+
+/* With the pool owned: make sure workers 1 .. want exist; returns how many do. */
+static int pool_grow(int want) {
+    if (!g_pool.initialised) {
+#if defined(_WIN32)
+        InitializeSRWLock(&g_pool.lock);
+        InitializeConditionVariable(&g_pool.cond);
+#else
+        pthread_mutex_init(&g_pool.lock, NULL);
+        pthread_cond_init(&g_pool.cond, NULL);
+        pthread_atfork(NULL, NULL, pool_after_fork_child);
+#endif
+        /* the caller's, whichever thread it is */
+        g_pool.slot[0].waiter.spin_ns = SPIN_NS_MAX;
+        g_pool.initialised = 1;
+    }
+    if (want > WSR_MAX_THREADS - 1) want = WSR_MAX_THREADS - 1;
+#if !defined(_WIN32)
+    /* workers take no signals: they stay with the threads that handle them */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+#endif
+    while (g_pool.nworkers < want) {
+        const int id = g_pool.nworkers + 1;
+        g_pool.slot[id].gen = 0;
+        g_pool.slot[id].waiter.spin_ns = SPIN_NS_MAX;
+        g_pool.slot[id].waiter.streak = 0;
+#if defined(_WIN32)
+        uintptr_t h = _beginthreadex(NULL, 0, worker_main, (void*)(intptr_t)id, 0, NULL);
+        if (h == 0) break;
+        CloseHandle((HANDLE)h);
+#else
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 1 << 18);
+        const int rc = pthread_create(&th, &attr, worker_main, (void*)(intptr_t)id);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+#endif
+        g_pool.nworkers = id;
+    }
+#if !defined(_WIN32)
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+#endif
+    return g_pool.nworkers < want ? g_pool.nworkers : want;
+}
+
+static void run(wsr_job* job, int nthreads) {
+    int n = nthreads < job->npanels ? nthreads : job->npanels;
+    if (n > WSR_MAX_THREADS) n = WSR_MAX_THREADS;
+    if (n <= 1 || !atomic_cas(&g_pool.busy, 0, 1)) {
+        job->nthreads = 1;
+        job_run(job, 0);
+        return;
+    }
+    n = pool_grow(n - 1) + 1;
+    job->nthreads = n;
+    for (int i = 1; i < n; i++) {
+        g_pool.slot[i].job = job;
+        atomic_add(&g_pool.slot[i].gen, 1);
+    }
+    wake_sleepers();
+    job_run(job, 0);
+    atomic_store(&g_pool.busy, 0);
+}
+
+/* ------------------------------------------------------------------------
+ * the public recurrences */
+
+void rnn_ext_wsr_forward(const float* packed_fwd, int T, int B, int H, float* hs, int reverse,
+                         const ptrdiff_t* lengths, int relu, int nthreads) {
+    if (T <= 0 || B <= 0 || H <= 0) return;
+    wsr_job job;
+    memset(&job, 0, sizeof job);
+    job.kernel = path_kernels(current_path())->forward;
+    job.packed = packed_fwd;
+    job.x = hs;
+    job.lengths = lengths;
+    job.T = T;
+    job.B = B;
+    job.H = H;
+    job.reverse = reverse != 0;
+    job.relu = relu != 0;
+    job.npanels = (H + WSR_NR - 1) / WSR_NR;
+    run(&job, nthreads);
+}
+
+void rnn_ext_wsr_backward(const float* packed_bwd, int T, int B, int H, float* delta,
+                          const float* hs, int reverse, const ptrdiff_t* lengths, int relu,
+                          int nthreads) {
+    if (T <= 0 || B <= 0 || H <= 0) return;
+    wsr_job job;
+    memset(&job, 0, sizeof job);
+    job.kernel = path_kernels(current_path())->backward;
+    job.packed = packed_bwd;
+    job.x = delta;
+    job.hs = hs;
+    job.lengths = lengths;
+    job.T = T;
+    job.B = B;
+    job.H = H;
+    job.reverse = reverse != 0;
+    job.relu = relu != 0;
+    job.backward = 1;
+    job.npanels = (H + WSR_NR - 1) / WSR_NR;
+    run(&job, nthreads);
+}

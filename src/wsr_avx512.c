@@ -1,0 +1,173 @@
+/* The AVX-512F micro-kernel of the weight-stationary recurrence.
+ *
+ * A tile is MR batch rows by NV vectors of 16 output columns, held in
+ * MR*NV zmm accumulators for the whole k loop: per k, NV loads of the
+ * packed panel row and MR broadcasts of the input, MR*NV fused multiply-adds.
+ * MR is up to 8; NV is 2 (one panel) for 5 or more rows and grows for fewer
+ * rows (4 for 3-4, 8 for 1-2) so that there are always enough independent
+ * accumulators to hide the FMA latency.  Columns past H in the last panel
+ * are masked off.  Layout and invariant: src/wsr_internal.h.
+ *
+ * Compiled for AVX-512F by a per-function target attribute (GCC, Clang) and
+ * called only when the CPU and OS support it (src/wsr.c); MSVC needs none. */
+#include "wsr_internal.h"
+
+#if WSR_X86_64
+#include <immintrin.h>
+
+#define TGT WSR_TARGET("avx512f")
+#define MR_MAX 8
+#define NV_MAX 8
+#define VW 16
+
+TGT WSR_INLINE __m512 tanh16(__m512 a) {
+    const __m512 cl = _mm512_set1_ps(WSR_TANH_CLAMP);
+    /* min/max return their second operand when either is NaN: a NaN passes */
+    __m512 x = _mm512_min_ps(cl, a);
+    x = _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), cl), x);
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(WSR_TANH_P0), _mm512_set1_ps(WSR_TANH_P1));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(WSR_TANH_P2));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(WSR_TANH_P3));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(WSR_TANH_P4));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(WSR_TANH_P5));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(WSR_TANH_P6));
+    p = _mm512_mul_ps(x, p);
+    __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(WSR_TANH_Q0), _mm512_set1_ps(WSR_TANH_Q1));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(WSR_TANH_Q2));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(WSR_TANH_Q3));
+    const __m512 r = _mm512_div_ps(p, q);
+    const __mmask16 small =
+        _mm512_cmp_ps_mask(_mm512_abs_ps(a), _mm512_set1_ps(WSR_TANH_SMALL), _CMP_LT_OQ);
+    return _mm512_mask_mov_ps(r, small, a);
+}
+
+/* out[b0:b0+MR, c:c+16*NV] (masked to c1); MR, NV, bwd are constants after inlining */
+TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR, const int NV,
+                         const int bwd) {
+    const int H = s->H;
+    const float* wp[NV_MAX];
+    __mmask16 m[NV_MAX];
+    __m512 acc[MR_MAX][NV_MAX];
+    WSR_UNROLL
+    for (int v = 0; v < NV; v++) {
+        const int cv = c + VW * v;
+        const int n = c1 - cv;
+        m[v] = n >= VW ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1u);
+        wp[v] = s->packed + (ptrdiff_t)(cv / WSR_NR) * H * WSR_NR + cv % WSR_NR;
+    }
+    WSR_UNROLL
+    for (int r = 0; r < MR; r++) {
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = _mm512_maskz_loadu_ps(m[v], s->out + (ptrdiff_t)(b0 + r) * H + c + VW * v);
+    }
+    if (s->in != NULL) {
+        const float* in = s->in + (ptrdiff_t)b0 * H;
+        for (int k = 0; k < H; k++) {
+            __m512 w[NV_MAX];
+            WSR_UNROLL
+            for (int v = 0; v < NV; v++) w[v] = _mm512_loadu_ps(wp[v] + (ptrdiff_t)k * WSR_NR);
+            WSR_UNROLL
+            for (int r = 0; r < MR; r++) {
+                const __m512 a = _mm512_set1_ps(in[(ptrdiff_t)r * H + k]);
+                WSR_UNROLL
+                for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
+            }
+        }
+    }
+    /* the epilogue: every result first, then every store, so that no load of h
+     * waits behind a store to out at the same address modulo 4 KiB */
+    WSR_UNROLL
+    for (int r = 0; r < MR; r++) {
+        const float* h = bwd ? s->h + (ptrdiff_t)(b0 + r) * H + c : NULL;
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++) {
+            __m512 x = acc[r][v];
+            if (!bwd) {
+                if (s->relu)
+                    x = _mm512_maskz_mov_ps(
+                        _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+                else
+                    x = tanh16(x);
+            } else {
+                const __m512 hv = _mm512_maskz_loadu_ps(m[v], h + VW * v);
+                if (s->relu)
+                    /* forward: h = max(0, a)  ->  da = [h > 0] dh */
+                    x = _mm512_maskz_mov_ps(
+                        _mm512_cmp_ps_mask(hv, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+                else
+                    /* forward: h = tanh(a)  ->  da = (1 - h*h) dh */
+                    x = _mm512_mul_ps(x, _mm512_fnmadd_ps(hv, hv, _mm512_set1_ps(1.0f)));
+            }
+            acc[r][v] = x;
+        }
+    }
+    WSR_UNROLL
+    for (int r = 0; r < MR; r++) {
+        float* o = s->out + (ptrdiff_t)(b0 + r) * H + c;
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o + VW * v, m[v], acc[r][v]);
+    }
+}
+
+typedef void (*tile_fn)(const wsr_step*, int, int, int);
+
+#define DEF(MR, NV)                                                                    \
+    TGT static void fwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1) {        \
+        tile(s, b0, c, c1, MR, NV, 0);                                                 \
+    }                                                                                  \
+    TGT static void bwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1) {        \
+        tile(s, b0, c, c1, MR, NV, 1);                                                 \
+    }
+#define DEF2(MR) DEF(MR, 1) DEF(MR, 2)
+#define DEF4(MR) DEF2(MR) DEF(MR, 3) DEF(MR, 4)
+#define DEF8(MR) DEF4(MR) DEF(MR, 5) DEF(MR, 6) DEF(MR, 7) DEF(MR, 8)
+DEF8(1) DEF8(2) DEF4(3) DEF4(4) DEF2(5) DEF2(6) DEF2(7) DEF2(8)
+
+#define ROW2(d, MR) {0, d##_##MR##_1, d##_##MR##_2, 0, 0, 0, 0, 0, 0}
+#define ROW4(d, MR) {0, d##_##MR##_1, d##_##MR##_2, d##_##MR##_3, d##_##MR##_4, 0, 0, 0, 0}
+#define ROW8(d, MR)                                                                     \
+    {0, d##_##MR##_1, d##_##MR##_2, d##_##MR##_3, d##_##MR##_4, d##_##MR##_5,            \
+     d##_##MR##_6, d##_##MR##_7, d##_##MR##_8}
+#define TABLE(d)                                                                        \
+    {{0}, ROW8(d, 1), ROW8(d, 2), ROW4(d, 3), ROW4(d, 4), ROW2(d, 5), ROW2(d, 6),        \
+     ROW2(d, 7), ROW2(d, 8)}
+/* [mr][nv]; NULL where not instantiated */
+static const tile_fn fwd_tab[MR_MAX + 1][NV_MAX + 1] = TABLE(fwd);
+static const tile_fn bwd_tab[MR_MAX + 1][NV_MAX + 1] = TABLE(bwd);
+
+static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1][NV_MAX + 1]) {
+    const int B = s->B;
+    const int mr0 = B < MR_MAX ? B : MR_MAX;
+    /* vectors per tile: enough independent accumulators for the first rows */
+    const int nv0 = mr0 >= 5 ? 2 : mr0 >= 3 ? 4 : 8;
+    /* blocks of mr0 rows; a last block of fewer than mr0/2 rows has too few
+     * accumulators, so it shares with the one before (33 rows by 8: 8 + 8 +
+     * 8 + 5 + 4, not 8 + 8 + 8 + 8 + 1) */
+    const int rem = B % mr0;
+    const int split = rem > 0 && rem < mr0 / 2 && B > mr0 ? B - rem - mr0 : B;
+    for (int c = c0; c < c1; c += VW * nv0) {
+        const int left = (c1 - c + VW - 1) / VW;
+        const int nv = left < nv0 ? left : nv0;
+        int b0 = 0;
+        for (; b0 < split; b0 += mr0) {
+            const int mr = B - b0 < mr0 ? B - b0 : mr0;
+            tab[mr][nv](s, b0, c, c1);
+        }
+        if (split < B) {
+            const int half = (B - split + 1) / 2;
+            tab[half][nv](s, split, c, c1);
+            tab[B - split - half][nv](s, split + half, c, c1);
+        }
+    }
+}
+
+static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, fwd_tab); }
+static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab); }
+
+const wsr_kernels rnn_ext_wsr_avx512 = {"avx512", forward, backward};
+
+#else
+typedef int rnn_ext_wsr_avx512_unused; /* not an x86-64 build: an empty unit */
+#endif
