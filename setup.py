@@ -57,11 +57,13 @@ wsr_link_args = [] if sys.platform == "win32" else ["-pthread"]
 extensions = [
     Extension(
         "rnn_ext._kernels",
-        ["src/_kernels.pyx"],
+        ["src/_kernels.pyx", *WSR_SOURCES],
         include_dirs=["src"],
+        depends=["src/wsr.h", "src/wsr_internal.h", "src/_recurrence.pxd", "src/_output.pxd",
+                 "src/_elementwise.pxd", "src/_blas.pxd", "src/_fastmath.h"],
         define_macros=[("RNN_EXT_DEBUG", "1" if DEBUG else "0")],
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
+        extra_compile_args=compile_args + wsr_link_args,
+        extra_link_args=link_args + wsr_link_args,
     ),
     # Optimizer steps and clipping over flat buffers.  No errno from sqrt
     # (its arguments are sums of squares), so the loops vectorise; no fused

@@ -19,17 +19,21 @@ GRAD_V: int
 FULL: int
 
 SOFTMAX: int
+
+def wsr_packed_size(H: int) -> int: ...
+def wsr_path() -> str: ...
 MSE: int
 
 def layer_forward(
     hs: _F, xf: _F | None, xi: _I | None, flat: _F, offs: _I, D: int, dirs: int,
     masks: _F | None, xin: _F | None, WT: _F | None, UT: _F | None,
-    lengths: _I | None, relu: bool,
+    lengths: _I | None, relu: bool, packed: _F | None = ..., nthreads: int = ...,
 ) -> None: ...
 def layer_backward(
     delta: _F, hs: _F, xf: _F | None, xi: _I | None, flat: _F, offs: _I, D: int, dirs: int,
     masks: _F | None, xin: _F | None, d_hn: _F | None, dflat: _F, dx: _F | None, dh0: _F,
     dUT: _F | None, G: _F, dX: _F | None, lengths: _I | None, relu: bool,
+    packed: _F | None = ..., nthreads: int = ...,
 ) -> None: ...
 def head_pass(
     Z: _F, F: _F, yi: _I | None, ys: _F | None, V: _F, c: _F | None, lengths: _I | None,
@@ -46,6 +50,6 @@ def model_pass(
     WT: _F | None, UT: _F | None, lengths: _I | None, relu: bool, ignore_index: int,
     scale: float, what: int, dflat: _F | None, dV: _F | None, dc: _F | None,
     delta: _F | None, dx: _F | None, dh0: _F | None, dUT: _F | None, G: _F | None,
-    dX: _F | None,
+    dX: _F | None, packed: _F | None = ..., nthreads: int = ...,
 ) -> float: ...
 def id_range(ids: _I, ignore: int, use_ignore: bool) -> tuple[int, int, int]: ...

@@ -29,6 +29,7 @@ from .recurrent import (
     backward_buffers,
     dropout_masks,
     final_states,
+    packed_scratch,
     per_layer,
     scratch,
     states,
@@ -361,6 +362,7 @@ class RNN:
         flat = self.layer._flat
         V, c = self.head._params["V"], self.head._params.get("c")
         WT, UT = scratch(s, batch)
+        packed = packed_scratch(s)
         g = g or {}
         dV, dc = g.get("V"), g.get("c")
         for _ in range(1000):
@@ -375,7 +377,7 @@ class RNN:
                     hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, flat, self._offs,
                     s.D, s.dirs, V, c, masks, xin, WT, UT, batch.lengths, s.relu,
                     ignore_index, scale, what, g.get("flat"), dV, dc, g.get("delta"),
-                    g.get("x"), g.get("h0"), g.get("UT"), g.get("G"), g.get("X"))
+                    g.get("x"), g.get("h0"), g.get("UT"), g.get("G"), g.get("X"), packed)
             if self._version == version:
                 return hs, Z, total
         raise RuntimeError("the model's parameters kept changing during the pass")

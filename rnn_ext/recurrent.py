@@ -4,6 +4,7 @@ every layer and direction in one GIL-free call."""
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,14 @@ def scratch(s: Stack, batch: Batch) -> tuple[np.ndarray | None, np.ndarray | Non
     UT = (np.empty((s.D, s.H), dtype=s.dtype)
           if batch.xi is not None and batch.T * batch.B >= s.D else None)
     return WT, UT
+
+
+def packed_scratch(s: Stack) -> np.ndarray | None:
+    """Scratch for the weight-stationary float32 recurrence (src/wsr.h), or None
+    for a BLAS GEMM per step: float64, or ``RNN_EXT_SIMD=blas`` in the environment."""
+    if s.dtype != np.float32 or os.environ.get("RNN_EXT_SIMD") == "blas":
+        return None
+    return np.empty(_kernels.wsr_packed_size(s.H), dtype=np.float32)
 
 
 def dropout_masks(s: Stack, batch: Batch, p: float, seed: int | None):
@@ -347,7 +356,7 @@ class Recurrent:
         version = self._version
         with pass_threads(batch.T, batch.B, s.D, s.H, s.H * s.dirs):
             _kernels.layer_forward(hs, batch.xf, batch.xi, self._flat, self._offs, s.D, s.dirs,
-                                   masks, xin, WT, UT, batch.lengths, s.relu)
+                                   masks, xin, WT, UT, batch.lengths, s.relu, packed_scratch(s))
         out = top_output(s, hs, batch)
         if s.dirs == 1:
             out = out.view()
@@ -401,7 +410,8 @@ class Recurrent:
         with pass_threads(T, B, s.D, s.H, s.H * s.dirs):
             _kernels.layer_backward(delta, fwd._hs, batch.xf, batch.xi, self._flat, self._offs,
                                     s.D, s.dirs, fwd._masks, fwd._xin, d_hn, g["flat"], g["x"],
-                                    g["h0"], g["UT"], g["G"], g["X"], batch.lengths, s.relu)
+                                    g["h0"], g["UT"], g["G"], g["X"], batch.lengths, s.relu,
+                                    packed_scratch(s))
         return RecurrentGradients(
             flat=g["flat"], params=self._layout.views(g["flat"]),
             x=user_layout(g["x"], batch, self.batch_first) if g["x"] is not None else None,

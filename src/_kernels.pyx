@@ -22,7 +22,8 @@ from cython cimport floating
 from _elementwise cimport RNN_EXT_HAVE_CLONES
 from _output cimport (Mode, PROBS, LOSS_ONLY, DZ, output_forward, output_backward,
                       softmax_loss, squared_error)
-from _recurrence cimport stack_forward, stack_backward, stack_step, state_rows
+from _recurrence cimport (stack_forward, stack_backward, stack_step, state_rows,
+                          rnn_ext_wsr_packed_size, rnn_ext_wsr_path)
 
 cdef extern from *:
     """
@@ -125,6 +126,23 @@ cdef int check_backward(floating[:, :, :, ::1] hs, floating[:, :, :, ::1] delta,
     return 0
 
 
+cdef float* check_packed(float[::1] packed, Py_ssize_t H) except? NULL:
+    if packed is None:
+        return NULL
+    expect(<size_t>packed.shape[0] >= rnn_ext_wsr_packed_size(<int>H), "packed")
+    return &packed[0]
+
+
+def wsr_packed_size(int H):
+    """Floats of scratch the weight-stationary recurrence packs W into."""
+    return rnn_ext_wsr_packed_size(H)
+
+
+def wsr_path():
+    """The instruction-set path of the float32 weight-stationary recurrence."""
+    return rnn_ext_wsr_path().decode()
+
+
 # ---------------------------------------------------------------------------
 # the recurrent layer
 
@@ -133,7 +151,8 @@ def layer_forward(floating[:, :, :, ::1] hs not None, const floating[:, ::1] xf,
                   const Py_ssize_t[:, ::1] offs not None, int D, int dirs,
                   const floating[:, :, ::1] masks, floating[:, :, ::1] xin,
                   floating[:, ::1] WT, floating[:, ::1] UT,
-                  const Py_ssize_t[::1] lengths, bint relu):
+                  const Py_ssize_t[::1] lengths, bint relu, float[::1] packed=None,
+                  int nthreads=1):
     """Eq. (1) through every layer and direction, in one GIL-free call.
 
     hs : (Ld, T+1, B, H), each direction's h0 row set (forward: row 0,
@@ -144,9 +163,12 @@ def layer_forward(floating[:, :, :, ::1] hs not None, const floating[:, ::1] xf,
         masks (the upper layers' masked inputs, kept for the backward), or None
     WT : (H, H) scratch, or None;  UT : (D, H) scratch for ids, or None
     lengths : (B,), or None
+    packed : float32 scratch of wsr_packed_size(H) for the weight-stationary
+        recurrence (float32 only), or None: a GEMM per step; nthreads its threads
     """
     check_stack(hs, xf, xi, flat, offs, masks, xin, lengths, D, dirs)
     check_scratch(WT, UT, D, hs.shape[3], xi is not None)
+    cdef float* ppacked = check_packed(packed, hs.shape[3])
     cdef int T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
     cdef int L = hs.shape[0] // dirs
     cdef floating* phs = &hs[0, 0, 0, 0]
@@ -161,7 +183,7 @@ def layer_forward(floating[:, :, :, ::1] hs not None, const floating[:, ::1] xf,
     cdef const Py_ssize_t* plen = iptr(lengths)
     with nogil:
         stack_forward(phs, pxf, pxi, pflat, poffs, pmasks, pxin, pWT, pUT, plen,
-                      T, B, D, H, L, dirs, relu)
+                      T, B, D, H, L, dirs, relu, ppacked, nthreads)
 
 
 def layer_backward(floating[:, :, :, ::1] delta not None,
@@ -172,7 +194,8 @@ def layer_backward(floating[:, :, :, ::1] delta not None,
                    const floating[:, :, ::1] d_hn, floating[::1] dflat not None,
                    floating[:, ::1] dx, floating[:, :, ::1] dh0 not None,
                    floating[:, ::1] dUT, floating[:, ::1] G not None, floating[:, ::1] dX,
-                   const Py_ssize_t[::1] lengths, bint relu):
+                   const Py_ssize_t[::1] lengths, bint relu, float[::1] packed=None,
+                   int nthreads=1):
     """BPTT through every layer and direction (eqs. 5-7), in one GIL-free call.
 
     delta : (Ld, T, B, H); on entry the top layer's directions hold
@@ -183,9 +206,11 @@ def layer_backward(floating[:, :, :, ::1] delta not None,
     dx : (T*B, D) or None; dh0 : (Ld, B, H); both overwritten
     dUT : (D, H) scratch for ids, or None; G : (B, H) scratch;
     dX : (T*B, dirs*H) scratch when masks, else None
+    packed, nthreads : as in layer_forward
     """
     check_stack(hs, xf, xi, flat, offs, masks, xin, lengths, D, dirs)
     check_backward(hs, delta, flat, dflat, dx, dh0, dUT, G, dX, xf, masks)
+    cdef float* ppacked = check_packed(packed, hs.shape[3])
     expect(d_hn is None or (d_hn.shape[0] == hs.shape[0] and d_hn.shape[1] == hs.shape[2]
                             and d_hn.shape[2] == hs.shape[3]), "d_hn")
     cdef int T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
@@ -208,7 +233,8 @@ def layer_backward(floating[:, :, :, ::1] delta not None,
     cdef const Py_ssize_t* plen = iptr(lengths)
     with nogil:
         stack_backward(pdelta, phs, pxf, pxi, pflat, poffs, pmasks, pxin, pd_hn, pdflat,
-                       pdx, pdh0, pdUT, pG, pdX, plen, T, B, D, H, L, dirs, relu)
+                       pdx, pdh0, pdUT, pG, pdX, plen, T, B, D, H, L, dirs, relu, ppacked,
+                       nthreads)
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +311,8 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
                bint relu, Py_ssize_t ignore_index, double scale, int what,
                floating[::1] dflat, floating[:, ::1] dV, floating[::1] dc,
                floating[:, :, :, ::1] delta, floating[:, ::1] dx, floating[:, :, ::1] dh0,
-               floating[:, ::1] dUT, floating[:, ::1] G, floating[:, ::1] dX):
+               floating[:, ::1] dUT, floating[:, ::1] G, floating[:, ::1] dX,
+               float[::1] packed=None, int nthreads=1):
     """Eqs. (1)-(7): the layer, the softmax head and, by ``what``, BPTT.
 
     what : FORWARD, LOSS, GRAD_V or FULL
@@ -296,10 +323,12 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
     scale : 1 for reduction="sum", 1/count for "mean"; applied to dZ only
     dV (K, dirs*H), dc: overwritten from GRAD_V; with FULL also dflat, delta,
         dx, dh0 and the scratch dUT, G, dX as in layer_backward
+    packed, nthreads : as in layer_forward
     Returns the summed (unscaled) loss (0.0 with FORWARD).
     """
     check_stack(hs, xf, xi, flat, offs, masks, xin, lengths, D, dirs)
     check_scratch(WT, UT, D, hs.shape[3], xi is not None)
+    cdef float* ppacked = check_packed(packed, hs.shape[3])
     cdef int T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
     cdef int L = hs.shape[0] // dirs, K = Z.shape[1]
     cdef Py_ssize_t TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
@@ -366,7 +395,7 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
     cdef double total
     with nogil:
         stack_forward(phs, pxf, pxi, pflat, poffs, pmasks, pxin, pWT, pUT, plen,
-                      T, B, D, H, L, dirs, relu)
+                      T, B, D, H, L, dirs, relu, ppacked, nthreads)
         output_forward(pZ, F0, F1, pV, pc, TB, H, K)
         total = softmax_loss(pZ, pyi, pys, plen, TB, B, K, ignore_index,
                              <floating>scale, mode)
@@ -375,7 +404,7 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
         if full:
             stack_backward(pdelta, phs, pxf, pxi, pflat, poffs, pmasks, pxin,
                            <const floating*>NULL, pdflat, pdx, pdh0, pdUT, pG, pdX, plen,
-                           T, B, D, H, L, dirs, relu)
+                           T, B, D, H, L, dirs, relu, ppacked, nthreads)
     return total
 
 

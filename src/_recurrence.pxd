@@ -20,8 +20,22 @@
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
+from libc.stddef cimport ptrdiff_t
+
 from _blas cimport gemm, gemv
 from _elementwise cimport activate, activate_backward, add_row, column_sums, transpose
+
+
+cdef extern from "wsr.h" nogil:
+    # the weight-stationary float32 recurrence (src/wsr.h, DESIGN.md §7)
+    size_t rnn_ext_wsr_packed_size(int H)
+    void rnn_ext_wsr_pack(const float* W, int H, float* pf, float* pb)
+    void rnn_ext_wsr_forward(const float* pf, int T, int B, int H, float* hs, int reverse,
+                             const ptrdiff_t* lengths, int relu, int nthreads)
+    void rnn_ext_wsr_backward(const float* pb, int T, int B, int H, float* delta,
+                              const float* hs, int reverse, const ptrdiff_t* lengths,
+                              int relu, int nthreads)
+    const char* rnn_ext_wsr_path()
 
 
 cdef inline floating* state_rows(floating* h, int B, int H, int d) noexcept nogil:
@@ -121,7 +135,7 @@ cdef inline void stack_forward(floating* hs, const floating* xf, const Py_ssize_
                                const floating* masks, floating* xin,
                                floating* WT, floating* UT, const Py_ssize_t* lengths,
                                int T, int B, int D, int H, int L, int dirs,
-                               bint relu) noexcept nogil:
+                               bint relu, float* packed, int nthreads) noexcept nogil:
     """Eq. (1) for every layer and direction.  Overwrites every state row.
 
     hs is (L*dirs, T+1, B, H), each direction's h0 row set on entry
@@ -132,6 +146,9 @@ cdef inline void stack_forward(floating* hs, const floating* xf, const Py_ssize_
     WT is (H, H) scratch for W.T (used when B > 1), or NULL
     UT is (D, H) scratch for gathering ids from U.T's rows, or NULL (strided)
     lengths is (B,) in [1, T], or NULL
+    packed is rnn_ext_wsr_packed_size(H) floats of scratch for the float32
+        weight-stationary recurrence (W packed once per layer-direction, then
+        every step on the panels, nthreads threads), or NULL: a GEMM per step
     """
     cdef Py_ssize_t TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
     cdef Py_ssize_t S = (T + 1) * BH, r, j, i, e
@@ -185,9 +202,14 @@ cdef inline void stack_forward(floating* hs, const floating* xf, const Py_ssize_
                     gemm(c'N', c'T', <int>TB, H, H, 1,
                          state_rows(hs + ((k - 1) * dirs + e) * S, B, H, <int>e), H,
                          U + e * H, Hd, beta if e == 0 else 1, A, H)
-            if B > 1 and WT != NULL:
-                transpose(WT, W, H, H)
-            recur_forward(h, W, WT if B > 1 else NULL, T, B, H, d == 1, lengths, relu)
+            if floating is float and packed != NULL:
+                rnn_ext_wsr_pack(W, H, packed, NULL)
+                rnn_ext_wsr_forward(packed, T, B, H, h, d == 1, <const ptrdiff_t*>lengths,
+                                    relu, nthreads)
+            else:
+                if B > 1 and WT != NULL:
+                    transpose(WT, W, H, H)
+                recur_forward(h, W, WT if B > 1 else NULL, T, B, H, d == 1, lengths, relu)
             if d == 1 and lengths != NULL:
                 clear_padded(h, T, B, H, lengths)
         if masks != NULL and k < L - 1:
@@ -208,7 +230,8 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                                 floating* dflat, floating* dx, floating* dh0,
                                 floating* dUT, floating* G, floating* dX,
                                 const Py_ssize_t* lengths, int T, int B, int D, int H,
-                                int L, int dirs, bint relu) noexcept nogil:
+                                int L, int dirs, bint relu, float* packed,
+                                int nthreads) noexcept nogil:
     """BPTT through the whole stack, eqs. (5)-(7).  Overwrites every output.
 
     delta is (L*dirs, T, B, H): on entry the top layer's directions hold
@@ -220,6 +243,7 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
     dx is (T*B, D) dL/dx, or NULL (ids or not wanted); dh0 is (L*dirs, B, H)
     dUT is (D, H) scratch for the id scatter-add, or NULL (strided)
     G is (B, H) scratch; dX is (T*B, dirs*H) scratch when masks, else NULL
+    packed, nthreads: as in stack_forward (W's backward panels)
     """
     cdef Py_ssize_t TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
     cdef Py_ssize_t S = (T + 1) * BH, r, j, i, e, bb, t, n
@@ -248,7 +272,12 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                     t = (lengths[bb] - 1 if lengths != NULL else T - 1) if d == 0 else 0
                     add_row(dl + (t * B + bb) * H, d_hn + (ld * B + bb) * H, H)
             # eq. (5)
-            recur_backward(dl, h, W, T, B, H, d == 1, lengths, relu)
+            if floating is float and packed != NULL:
+                rnn_ext_wsr_pack(W, H, NULL, packed)
+                rnn_ext_wsr_backward(packed, T, B, H, dl, h, d == 1,
+                                     <const ptrdiff_t*>lengths, relu, nthreads)
+            else:
+                recur_backward(dl, h, W, T, B, H, d == 1, lengths, relu)
             # eq. (6): dW = δ.T @ H_prev over all T*B rows
             gemm(c'T', c'N', H, H, <int>TB, 1, dl, H, h + (BH if d == 1 else 0), H, 0, dW, H)
             if offs[3 * ld + 2] >= 0:
