@@ -365,10 +365,20 @@ class RNN:
         packed = packed_scratch(s)
         g = g or {}
         dV, dc = g.get("V"), g.get("c")
-        for _ in range(1000):
+        for attempt in range(2):
             version = self._version
-            if version % 2:
-                continue  # an assignment is in progress
+            if attempt == 1:
+                # the first attempt overlapped an assignment: run on a copy taken
+                # while none is in progress (copies hold the GIL, assignments too)
+                while True:
+                    version = self._version
+                    copy = self._flat.copy()
+                    if version % 2 == 0 and self._version == version:
+                        break
+                n_layer = self.layer._layout.size
+                flat = copy[:n_layer]
+                hv = self._head_layout.views(copy[n_layer:])
+                V, c = hv["V"], hv.get("c")
             hs = states(s, batch)
             Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
             with pass_threads(batch.T, batch.B, self.input_size, self.hidden_size,
@@ -378,9 +388,9 @@ class RNN:
                     s.D, s.dirs, V, c, masks, xin, WT, UT, batch.lengths, s.relu,
                     ignore_index, scale, what, g.get("flat"), dV, dc, g.get("delta"),
                     g.get("x"), g.get("h0"), g.get("UT"), g.get("G"), g.get("X"), packed)
-            if self._version == version:
-                return hs, Z, total
-        raise RuntimeError("the model's parameters kept changing during the pass")
+            if attempt == 1 or (version % 2 == 0 and self._version == version):
+                break
+        return hs, Z, total
 
     def step(self, x_t: Any, h: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """One time step: the next state and the output probabilities.
