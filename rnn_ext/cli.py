@@ -313,14 +313,14 @@ def _cmd_train(args, stop):
     _check_output(args.out, "--out")
     plot = args.plot
     if plot is not None:
+        # a path that cannot be written is an error whether or not the plot can be drawn
+        _check_output(plot, "--plot")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             print(f"{PROG}: --plot needs matplotlib: pip install 'rnn-ext[plot]' (training without a plot)",
                   file=sys.stderr)
             plot = None
-        else:
-            _check_output(plot, "--plot")
 
     text = _read_text(args.textfile) if args.textfile else _default_text()
     source = args.textfile or "pydoc_data.topics"

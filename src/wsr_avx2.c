@@ -38,7 +38,9 @@ TGT WSR_INLINE __m256 tanh8(__m256 a) {
     const __m256 r = _mm256_div_ps(p, q);
     const __m256 absa = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a);
     const __m256 small = _mm256_cmp_ps(absa, _mm256_set1_ps(WSR_TANH_SMALL), _CMP_LT_OQ);
-    return _mm256_blendv_ps(r, a, small);
+    const __m256 big = _mm256_cmp_ps(absa, _mm256_set1_ps(WSR_TANH_ONE), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_and_ps(a, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(1.0f));
+    return _mm256_blendv_ps(_mm256_blendv_ps(r, a, small), one, big);
 }
 
 /* lanes 0 .. n-1 set (n clamped to 0 .. 8) */

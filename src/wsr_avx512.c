@@ -39,7 +39,12 @@ TGT WSR_INLINE __m512 tanh16(__m512 a) {
     const __m512 r = _mm512_div_ps(p, q);
     const __mmask16 small =
         _mm512_cmp_ps_mask(_mm512_abs_ps(a), _mm512_set1_ps(WSR_TANH_SMALL), _CMP_LT_OQ);
-    return _mm512_mask_mov_ps(r, small, a);
+    const __mmask16 big =
+        _mm512_cmp_ps_mask(_mm512_abs_ps(a), _mm512_set1_ps(WSR_TANH_ONE), _CMP_GE_OQ);
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32((int)0x80000000u));
+    const __m512 one = _mm512_castsi512_ps(
+        _mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(1.0f))));
+    return _mm512_mask_mov_ps(_mm512_mask_mov_ps(r, small, a), big, one);
 }
 
 /* out[b0:b0+MR, c:c+16*NV] (masked to c1); MR, NV, bwd are constants after inlining */

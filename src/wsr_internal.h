@@ -101,6 +101,8 @@ extern const wsr_kernels rnn_ext_wsr_neon;
  * multiply-adds).  A NaN argument gives NaN. */
 #define WSR_TANH_CLAMP 7.90531110763549805f
 #define WSR_TANH_SMALL 4e-4f
+/* from here on tanh rounds to +-1 in float32: the result is exactly that */
+#define WSR_TANH_ONE 9.0f
 #define WSR_TANH_P0 -2.76076847742355e-16f
 #define WSR_TANH_P1 2.00018790482477e-13f
 #define WSR_TANH_P2 -8.60467152213735e-11f
@@ -128,6 +130,8 @@ WSR_STATIC_INLINE float wsr_tanhf(float a) {
     q = x2 * q + WSR_TANH_Q2;
     q = x2 * q + WSR_TANH_Q3;
     const float r = p / q;
+    if (a >= WSR_TANH_ONE) return 1.0f;
+    if (a <= -WSR_TANH_ONE) return -1.0f;
     return (a < WSR_TANH_SMALL && a > -WSR_TANH_SMALL) ? a : r;
 }
 

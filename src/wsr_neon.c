@@ -34,7 +34,9 @@ WSR_INLINE float32x4_t tanh4(float32x4_t a) {
     q = vfmaq_f32(vdupq_n_f32(WSR_TANH_Q3), x2, q);
     const float32x4_t r = vdivq_f32(p, q);
     const uint32x4_t small = vcltq_f32(vabsq_f32(a), vdupq_n_f32(WSR_TANH_SMALL));
-    return vbslq_f32(small, a, r);
+    const uint32x4_t big = vcgeq_f32(vabsq_f32(a), vdupq_n_f32(WSR_TANH_ONE));
+    const float32x4_t one = vbslq_f32(vdupq_n_u32(0x80000000u), a, vdupq_n_f32(1.0f));
+    return vbslq_f32(big, one, vbslq_f32(small, a, r));
 }
 
 WSR_INLINE float32x4_t load(const float* p, int n) {
