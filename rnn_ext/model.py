@@ -362,7 +362,7 @@ class RNN:
         flat = self.layer._flat
         V, c = self.head._params["V"], self.head._params.get("c")
         WT, UT = scratch(s, batch)
-        packed = packed_scratch(s)
+        packed = packed_scratch(s, batch.B)
         g = g or {}
         dV, dc = g.get("V"), g.get("c")
         for attempt in range(2):

@@ -80,10 +80,12 @@ def scratch(s: Stack, batch: Batch) -> tuple[np.ndarray | None, np.ndarray | Non
     return WT, UT
 
 
-def packed_scratch(s: Stack) -> np.ndarray | None:
+def packed_scratch(s: Stack, B: int) -> np.ndarray | None:
     """Scratch for the weight-stationary float32 recurrence (src/wsr.h), or None
-    for a BLAS GEMM per step: float64, or ``RNN_EXT_SIMD=blas`` in the environment."""
-    if s.dtype != np.float32 or os.environ.get("RNN_EXT_SIMD") == "blas":
+    for a BLAS call per step: float64, B = 1 (a GEMV streams W once a step
+    anyway, and packing it costs more than it saves: 1.2-1.3x slower at H=1024),
+    or ``RNN_EXT_SIMD=blas`` in the environment."""
+    if s.dtype != np.float32 or B < 2 or os.environ.get("RNN_EXT_SIMD") == "blas":
         return None
     return np.empty(_kernels.wsr_packed_size(s.H), dtype=np.float32)
 
@@ -356,7 +358,8 @@ class Recurrent:
         version = self._version
         with pass_threads(batch.T, batch.B, s.D, s.H, s.H * s.dirs):
             _kernels.layer_forward(hs, batch.xf, batch.xi, self._flat, self._offs, s.D, s.dirs,
-                                   masks, xin, WT, UT, batch.lengths, s.relu, packed_scratch(s))
+                                   masks, xin, WT, UT, batch.lengths, s.relu,
+                                   packed_scratch(s, batch.B))
         out = top_output(s, hs, batch)
         if s.dirs == 1:
             out = out.view()
@@ -411,7 +414,7 @@ class Recurrent:
             _kernels.layer_backward(delta, fwd._hs, batch.xf, batch.xi, self._flat, self._offs,
                                     s.D, s.dirs, fwd._masks, fwd._xin, d_hn, g["flat"], g["x"],
                                     g["h0"], g["UT"], g["G"], g["X"], batch.lengths, s.relu,
-                                    packed_scratch(s))
+                                    packed_scratch(s, batch.B))
         return RecurrentGradients(
             flat=g["flat"], params=self._layout.views(g["flat"]),
             x=user_layout(g["x"], batch, self.batch_first) if g["x"] is not None else None,
