@@ -60,6 +60,7 @@ extensions = [
         ["src/_kernels.pyx", *WSR_SOURCES],
         include_dirs=["src"],
         depends=["src/wsr.h", "src/wsr_internal.h", "src/_recurrence.pxd", "src/_output.pxd",
+                 "src/_pgemm.pxd",
                  "src/_elementwise.pxd", "src/_blas.pxd", "src/_fastmath.h"],
         define_macros=[("RNN_EXT_DEBUG", "1" if DEBUG else "0")],
         extra_compile_args=compile_args + wsr_link_args,

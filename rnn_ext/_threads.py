@@ -325,3 +325,27 @@ def pass_threads(T, B, D, H, K):
     if _user_n is not None or _auto_threads(T, B, D, H, K) is None:
         return _NO_CHANGE
     return _ONE_THREAD
+
+
+def pool_threads(T, B, D, H, K):
+    """(context manager, n) for a pass whose recurrence runs on rnn_ext's own pool.
+
+    Such a pass (float32, B >= 2: the weight-stationary recurrence) runs all
+    its parallel work on the pool of ``src/wsr.c`` with ``n`` threads: the
+    recurrence with one barrier per step, the large products cut into row
+    blocks (``src/_pgemm.pxd``).  The BLAS runs on one thread meanwhile (the
+    context manager): its own workers, spinning for a while after every
+    multi-threaded call, would share the cores with the pool's.  ``n`` is
+    the user's setting, or with none the BLAS's own count, or 1 for a small
+    pass (``_auto_threads``).  Results are bit-identical for every ``n``.
+    """
+    if _controller is None:
+        _libs()
+    if _user_n is not None:
+        n = _user_n
+    elif _auto_threads(T, B, D, H, K) is not None:
+        n = 1
+    else:
+        with _lock:
+            n = max(_baseline(), default=1)
+    return _ONE_THREAD, n

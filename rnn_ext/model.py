@@ -11,7 +11,6 @@ import numpy as np
 from . import _kernels, torch_interop
 from ._layout import Layout, head_layout, init_uniform, layer_offsets, recurrent_layout
 from ._results import ForwardResult, Gradients
-from ._threads import pass_threads
 from ._validation import (
     Batch,
     check_batch,
@@ -29,7 +28,7 @@ from .recurrent import (
     backward_buffers,
     dropout_masks,
     final_states,
-    packed_scratch,
+    pass_plan,
     per_layer,
     scratch,
     states,
@@ -362,7 +361,7 @@ class RNN:
         flat = self.layer._flat
         V, c = self.head._params["V"], self.head._params.get("c")
         WT, UT = scratch(s, batch)
-        packed = packed_scratch(s, batch.B)
+        ctx, packed, n = pass_plan(s, batch.T, batch.B, self.output_size)
         g = g or {}
         dV, dc = g.get("V"), g.get("c")
         for attempt in range(2):
@@ -381,13 +380,12 @@ class RNN:
                 V, c = hv["V"], hv.get("c")
             hs = states(s, batch)
             Z = np.empty((batch.T * batch.B, self.output_size), dtype=self.dtype)
-            with pass_threads(batch.T, batch.B, self.input_size, self.hidden_size,
-                              self.output_size):
+            with ctx:
                 total = _kernels.model_pass(
                     hs, Z, batch.xf, batch.xi, batch.yi, batch.ys, flat, self._offs,
                     s.D, s.dirs, V, c, masks, xin, WT, UT, batch.lengths, s.relu,
                     ignore_index, scale, what, g.get("flat"), dV, dc, g.get("delta"),
-                    g.get("x"), g.get("h0"), g.get("UT"), g.get("G"), g.get("X"), packed)
+                    g.get("x"), g.get("h0"), g.get("UT"), g.get("G"), g.get("X"), packed, n)
             if attempt == 1 or (version % 2 == 0 and self._version == version):
                 break
         return hs, Z, total

@@ -14,7 +14,7 @@ import numpy as np
 from . import _kernels, torch_interop
 from ._layout import Layout, init_uniform, layer_offsets, recurrent_layout, suffixes
 from ._results import RecurrentForward, RecurrentGradients
-from ._threads import pass_threads
+from ._threads import pass_threads, pool_threads
 from ._validation import (
     NONLINEARITIES,
     Batch,
@@ -88,6 +88,20 @@ def packed_scratch(s: Stack, B: int) -> np.ndarray | None:
     if s.dtype != np.float32 or B < 2 or os.environ.get("RNN_EXT_SIMD") == "blas":
         return None
     return np.empty(_kernels.wsr_packed_size(s.H), dtype=np.float32)
+
+
+def pass_plan(s: Stack, T: int, B: int, K: int) -> tuple[Any, np.ndarray | None, int]:
+    """(threads context, packed scratch, n) for one pass with output size K.
+
+    A pass on the weight-stationary recurrence runs every parallel part on
+    rnn_ext's own pool with n threads (``_threads.pool_threads``); the others
+    leave threads to the BLAS (``_threads.pass_threads``) and n = 0.
+    """
+    packed = packed_scratch(s, B)
+    if packed is None:
+        return pass_threads(T, B, s.D, s.H, K), None, 0
+    ctx, n = pool_threads(T, B, s.D, s.H, K)
+    return ctx, packed, n
 
 
 def dropout_masks(s: Stack, batch: Batch, p: float, seed: int | None):
@@ -356,10 +370,10 @@ class Recurrent:
         hs = states(s, batch)
         WT, UT = scratch(s, batch)
         version = self._version
-        with pass_threads(batch.T, batch.B, s.D, s.H, s.H * s.dirs):
+        ctx, packed, n = pass_plan(s, batch.T, batch.B, s.H * s.dirs)
+        with ctx:
             _kernels.layer_forward(hs, batch.xf, batch.xi, self._flat, self._offs, s.D, s.dirs,
-                                   masks, xin, WT, UT, batch.lengths, s.relu,
-                                   packed_scratch(s, batch.B))
+                                   masks, xin, WT, UT, batch.lengths, s.relu, packed, n)
         out = top_output(s, hs, batch)
         if s.dirs == 1:
             out = out.view()
@@ -410,11 +424,12 @@ class Recurrent:
         d_hn = None
         if d_h_n is not None:
             d_hn = self._upstream("d_h_n", d_h_n, fwd.h_n.shape, None).reshape(s.Ld, B, s.H)
-        with pass_threads(T, B, s.D, s.H, s.H * s.dirs):
+        ctx, packed, n = pass_plan(s, T, B, s.H * s.dirs)
+        with ctx:
             _kernels.layer_backward(delta, fwd._hs, batch.xf, batch.xi, self._flat, self._offs,
                                     s.D, s.dirs, fwd._masks, fwd._xin, d_hn, g["flat"], g["x"],
                                     g["h0"], g["UT"], g["G"], g["X"], batch.lengths, s.relu,
-                                    packed_scratch(s, batch.B))
+                                    packed, n)
         return RecurrentGradients(
             flat=g["flat"], params=self._layout.views(g["flat"]),
             x=user_layout(g["x"], batch, self.batch_first) if g["x"] is not None else None,

@@ -152,7 +152,7 @@ def layer_forward(floating[:, :, :, ::1] hs not None, const floating[:, ::1] xf,
                   const floating[:, :, ::1] masks, floating[:, :, ::1] xin,
                   floating[:, ::1] WT, floating[:, ::1] UT,
                   const Py_ssize_t[::1] lengths, bint relu, float[::1] packed=None,
-                  int nthreads=1):
+                  int nthreads=0):
     """Eq. (1) through every layer and direction, in one GIL-free call.
 
     hs : (Ld, T+1, B, H), each direction's h0 row set (forward: row 0,
@@ -164,7 +164,11 @@ def layer_forward(floating[:, :, :, ::1] hs not None, const floating[:, ::1] xf,
     WT : (H, H) scratch, or None;  UT : (D, H) scratch for ids, or None
     lengths : (B,), or None
     packed : float32 scratch of wsr_packed_size(H) for the weight-stationary
-        recurrence (float32 only), or None: a GEMM per step; nthreads its threads
+        recurrence (float32 only), or None: a GEMM per step
+    nthreads : 0: the BLAS threads as it likes (no pool); n >= 1: every
+        parallel part of the pass on n threads of rnn_ext's pool, the large
+        products cut into the same parts for every n (src/_pgemm.pxd), so the
+        results are bit-identical for every n >= 1
     """
     check_stack(hs, xf, xi, flat, offs, masks, xin, lengths, D, dirs)
     check_scratch(WT, UT, D, hs.shape[3], xi is not None)
@@ -195,7 +199,7 @@ def layer_backward(floating[:, :, :, ::1] delta not None,
                    floating[:, ::1] dx, floating[:, :, ::1] dh0 not None,
                    floating[:, ::1] dUT, floating[:, ::1] G not None, floating[:, ::1] dX,
                    const Py_ssize_t[::1] lengths, bint relu, float[::1] packed=None,
-                   int nthreads=1):
+                   int nthreads=0):
     """BPTT through every layer and direction (eqs. 5-7), in one GIL-free call.
 
     delta : (Ld, T, B, H); on entry the top layer's directions hold
@@ -286,7 +290,7 @@ def head_pass(floating[:, ::1] Z not None, const floating[:, ::1] F not None,
     cdef bint softmax = loss == SOFTMAX
     cdef double total
     with nogil:
-        output_forward(pZ, pF, <const floating*>NULL, pV, pc, N, P, K)
+        output_forward(pZ, pF, <const floating*>NULL, pV, pc, N, P, K, 1)
         if softmax:
             total = softmax_loss(pZ, pyi, pys, plen, N, B, K, ignore_index,
                                  <floating>scale, mode)
@@ -294,7 +298,7 @@ def head_pass(floating[:, ::1] Z not None, const floating[:, ::1] F not None,
             total = squared_error(pZ, pys, plen, N, B, K, <floating>scale, mode)
         if mode == DZ:
             output_backward(pZ, pF, <const floating*>NULL, pV, pdV, pdc, pdF,
-                            <floating*>NULL, N, P, K)
+                            <floating*>NULL, N, P, K, 1)
     return total
 
 
@@ -312,7 +316,7 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
                floating[::1] dflat, floating[:, ::1] dV, floating[::1] dc,
                floating[:, :, :, ::1] delta, floating[:, ::1] dx, floating[:, :, ::1] dh0,
                floating[:, ::1] dUT, floating[:, ::1] G, floating[:, ::1] dX,
-               float[::1] packed=None, int nthreads=1):
+               float[::1] packed=None, int nthreads=0):
     """Eqs. (1)-(7): the layer, the softmax head and, by ``what``, BPTT.
 
     what : FORWARD, LOSS, GRAD_V or FULL
@@ -396,11 +400,11 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
     with nogil:
         stack_forward(phs, pxf, pxi, pflat, poffs, pmasks, pxin, pWT, pUT, plen,
                       T, B, D, H, L, dirs, relu, ppacked, nthreads)
-        output_forward(pZ, F0, F1, pV, pc, TB, H, K)
+        output_forward(pZ, F0, F1, pV, pc, TB, H, K, nthreads)
         total = softmax_loss(pZ, pyi, pys, plen, TB, B, K, ignore_index,
                              <floating>scale, mode)
         if mode == DZ:
-            output_backward(pZ, F0, F1, pV, pdV, pdc, dF0, dF1, TB, H, K)
+            output_backward(pZ, F0, F1, pV, pdV, pdc, dF0, dF1, TB, H, K, nthreads)
         if full:
             stack_backward(pdelta, phs, pxf, pxi, pflat, poffs, pmasks, pxin,
                            <const floating*>NULL, pdflat, pdx, pdh0, pdUT, pG, pdX, plen,
@@ -471,6 +475,6 @@ def step_pass(const floating[:, :, ::1] h not None, floating[:, :, ::1] h_out no
         stack_step(pxf, pxi, ph, pout, pflat, poffs, <int>B, D, <int>H, <int>L, relu)
         if pV != NULL:
             output_forward(pZ, pout + (L - 1) * B * H, <const floating*>NULL, pV, pc, B,
-                           <int>H, K)
+                           <int>H, K, 1)
             softmax_loss(pZ, <const Py_ssize_t*>NULL, <const floating*>NULL,
                          <const Py_ssize_t*>NULL, B, <int>B, K, 0, 1, PROBS)

@@ -8,7 +8,8 @@ from cython cimport floating
 from libc.math cimport exp, log
 from libc.string cimport memcpy, memset
 
-from _blas cimport gemm, gemv
+from _blas cimport gemv
+from _pgemm cimport pgemm
 from _elementwise cimport rnn_ext_expf_shift_inplace, column_sums
 
 # What a loss kernel leaves in Z.
@@ -20,11 +21,11 @@ cdef enum Mode:
 
 cdef inline void output_forward(floating* Z, const floating* F0, const floating* F1,
                                 const floating* V, const floating* c, Py_ssize_t N,
-                                int P, int K) noexcept nogil:
+                                int P, int K, int nthreads) noexcept nogil:
     """Z := [F0, F1] @ V.T + c.  Overwrites Z.
 
     Z is (N, K); F0 is (N, P); F1 is (N, P) or NULL (one part);
-    V is (K, parts*P); c is (K,) or NULL
+    V is (K, parts*P); c is (K,) or NULL; nthreads: the pass's (src/_pgemm.pxd)
     """
     cdef int parts = 1 if F1 == NULL else 2
     cdef Py_ssize_t r
@@ -38,28 +39,28 @@ cdef inline void output_forward(floating* Z, const floating* F0, const floating*
         return
     for e in range(parts):
         # Z += F_e @ V[:, e*P:(e+1)*P].T
-        gemm(c'N', c'T', <int>N, K, P, 1, F0 if e == 0 else F1, P, V + e * P, parts * P,
-             1 if (c != NULL or e > 0) else 0, Z, K)
+        pgemm(nthreads, c'N', c'T', <int>N, K, P, 1, F0 if e == 0 else F1, P, V + e * P,
+              parts * P, 1 if (c != NULL or e > 0) else 0, Z, K)
 
 
 cdef inline void output_backward(const floating* dZ, const floating* F0,
                                  const floating* F1, const floating* V, floating* dV,
                                  floating* dc, floating* dF0, floating* dF1, Py_ssize_t N,
-                                 int P, int K) noexcept nogil:
+                                 int P, int K, int nthreads) noexcept nogil:
     """Eq. (4) and the features' gradient.  Overwrites its outputs.
 
     dZ is (N, K); F0, F1, V as in output_forward; dV (K, parts*P); dc (K,) or NULL;
-    dF0 (and dF1 with two parts) (N, P) receive dL/dF, or are NULL
+    dF0 (and dF1 with two parts) (N, P) receive dL/dF, or are NULL; nthreads as there
     """
     cdef int e, parts = 1 if F1 == NULL else 2
     for e in range(parts):
         # eq. (4): dV = dZ.T @ F, one column block per part
-        gemm(c'T', c'N', K, P, <int>N, 1, dZ, K, F0 if e == 0 else F1, P, 0, dV + e * P,
-             parts * P)
+        pgemm(nthreads, c'T', c'N', K, P, <int>N, 1, dZ, K, F0 if e == 0 else F1, P, 0,
+              dV + e * P, parts * P)
         if dF0 != NULL:
             # forward: z = f @ V.T + c  ->  df = dz @ V
-            gemm(c'N', c'N', <int>N, P, K, 1, dZ, K, V + e * P, parts * P, 0,
-                 dF0 if e == 0 else dF1, P)
+            pgemm(nthreads, c'N', c'N', <int>N, P, K, 1, dZ, K, V + e * P, parts * P, 0,
+                  dF0 if e == 0 else dF1, P)
     if dc != NULL:
         # eq. (4): dc = Σ_t dZ_t
         column_sums(dc, dZ, N, K)

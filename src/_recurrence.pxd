@@ -23,6 +23,7 @@ from libc.string cimport memcpy, memset
 from libc.stddef cimport ptrdiff_t
 
 from _blas cimport gemm, gemv
+from _pgemm cimport pgemm
 from _elementwise cimport activate, activate_backward, add_row, column_sums, transpose
 
 
@@ -30,6 +31,7 @@ cdef extern from "wsr.h" nogil:
     # the weight-stationary float32 recurrence (src/wsr.h, DESIGN.md §7)
     size_t rnn_ext_wsr_packed_size(int H)
     void rnn_ext_wsr_pack(const float* W, int H, float* pf, float* pb)
+    void rnn_ext_wsr_pack_threads(const float* W, int H, float* pf, float* pb, int nthreads)
     void rnn_ext_wsr_forward(const float* pf, int T, int B, int H, float* hs, int reverse,
                              const ptrdiff_t* lengths, int relu, int nthreads)
     void rnn_ext_wsr_backward(const float* pb, int T, int B, int H, float* delta,
@@ -190,20 +192,20 @@ cdef inline void stack_forward(floating* hs, const floating* xf, const Py_ssize_
                             A[r * H + j] = U[j * D + i] + (b[j] if b != NULL else 0)
             elif k == 0:
                 # A = X @ U.T + A
-                gemm(c'N', c'T', <int>TB, H, D, 1, xf, D, U, D, beta, A, H)
+                pgemm(nthreads, c'N', c'T', <int>TB, H, D, 1, xf, D, U, D, beta, A, H)
             elif masks != NULL:
                 # A = (layer below ⊙ mask) @ U.T + A
-                gemm(c'N', c'T', <int>TB, H, Hd, 1, xin + (k - 1) * TB * Hd, Hd, U, Hd,
-                     beta, A, H)
+                pgemm(nthreads, c'N', c'T', <int>TB, H, Hd, 1, xin + (k - 1) * TB * Hd, Hd, U, Hd,
+                      beta, A, H)
             else:
                 # A = [h_below_fwd, h_below_rev] @ U.T + A, one GEMM per half of U:
                 # the layer below is read where it lies, never concatenated
                 for e in range(dirs):
-                    gemm(c'N', c'T', <int>TB, H, H, 1,
-                         state_rows(hs + ((k - 1) * dirs + e) * S, B, H, <int>e), H,
-                         U + e * H, Hd, beta if e == 0 else 1, A, H)
+                    pgemm(nthreads, c'N', c'T', <int>TB, H, H, 1,
+                          state_rows(hs + ((k - 1) * dirs + e) * S, B, H, <int>e), H,
+                          U + e * H, Hd, beta if e == 0 else 1, A, H)
             if floating is float and packed != NULL:
-                rnn_ext_wsr_pack(W, H, packed, NULL)
+                rnn_ext_wsr_pack_threads(W, H, packed, NULL, nthreads)
                 rnn_ext_wsr_forward(packed, T, B, H, h, d == 1, <const ptrdiff_t*>lengths,
                                     relu, nthreads)
             else:
@@ -273,13 +275,14 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                     add_row(dl + (t * B + bb) * H, d_hn + (ld * B + bb) * H, H)
             # eq. (5)
             if floating is float and packed != NULL:
-                rnn_ext_wsr_pack(W, H, NULL, packed)
+                rnn_ext_wsr_pack_threads(W, H, NULL, packed, nthreads)
                 rnn_ext_wsr_backward(packed, T, B, H, dl, h, d == 1,
                                      <const ptrdiff_t*>lengths, relu, nthreads)
             else:
                 recur_backward(dl, h, W, T, B, H, d == 1, lengths, relu)
             # eq. (6): dW = δ.T @ H_prev over all T*B rows
-            gemm(c'T', c'N', H, H, <int>TB, 1, dl, H, h + (BH if d == 1 else 0), H, 0, dW, H)
+            pgemm(nthreads, c'T', c'N', H, H, <int>TB, 1, dl, H, h + (BH if d == 1 else 0), H,
+                  0, dW, H)
             if offs[3 * ld + 2] >= 0:
                 # eq. (6): db = Σ_t δ_t
                 column_sums(dflat + offs[3 * ld + 2], dl, TB, H)
@@ -322,27 +325,28 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                         for j in range(H):
                             dU[j * D + i] += dl[r * H + j]
             elif k == 0:
-                gemm(c'T', c'N', H, D, <int>TB, 1, dl, H, xf, D, 0, dU, D)
+                pgemm(nthreads, c'T', c'N', H, D, <int>TB, 1, dl, H, xf, D, 0, dU, D)
             elif masks != NULL:
-                gemm(c'T', c'N', H, Hd, <int>TB, 1, dl, H, xin + (k - 1) * TB * Hd, Hd,
-                     0, dU, Hd)
+                pgemm(nthreads, c'T', c'N', H, Hd, <int>TB, 1, dl, H, xin + (k - 1) * TB * Hd, Hd,
+                      0, dU, Hd)
             else:
                 for e in range(dirs):
-                    gemm(c'T', c'N', H, H, <int>TB, 1, dl, H,
-                         state_rows(<floating*>hs + ((k - 1) * dirs + e) * S, B, H, <int>e),
-                         H, 0, dU + e * H, Hd)
+                    pgemm(nthreads, c'T', c'N', H, H, <int>TB, 1, dl, H,
+                          state_rows(<floating*>hs + ((k - 1) * dirs + e) * S, B, H, <int>e),
+                          H, 0, dU + e * H, Hd)
         # eq. (7) and its stacked form: the gradient reaching this layer's input
         if k == 0:
             if dx != NULL:
                 # dx = Σ_d δ_d @ U_d
                 for d in range(dirs):
-                    gemm(c'N', c'N', <int>TB, D, H, 1, delta + (k * dirs + d) * T * BH, H,
-                         flat + offs[3 * (k * dirs + d)], D, 0 if d == 0 else 1, dx, D)
+                    pgemm(nthreads, c'N', c'N', <int>TB, D, H, 1,
+                          delta + (k * dirs + d) * T * BH, H,
+                          flat + offs[3 * (k * dirs + d)], D, 0 if d == 0 else 1, dx, D)
         elif masks != NULL:
             # forward: x_k = [h_fwd, h_rev] ⊙ mask  ->  dh_below = (Σ_d δ_d @ U_d) ⊙ mask
             for d in range(dirs):
-                gemm(c'N', c'N', <int>TB, Hd, H, 1, delta + (k * dirs + d) * T * BH, H,
-                     flat + offs[3 * (k * dirs + d)], Hd, 0 if d == 0 else 1, dX, Hd)
+                pgemm(nthreads, c'N', c'N', <int>TB, Hd, H, 1, delta + (k * dirs + d) * T * BH, H,
+                      flat + offs[3 * (k * dirs + d)], Hd, 0 if d == 0 else 1, dX, Hd)
             M = masks + (k - 1) * TB * Hd
             for e in range(dirs):
                 out = delta + ((k - 1) * dirs + e) * T * BH
@@ -355,9 +359,10 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
             for e in range(dirs):
                 out = delta + ((k - 1) * dirs + e) * T * BH
                 for d in range(dirs):
-                    gemm(c'N', c'N', <int>TB, H, H, 1, delta + (k * dirs + d) * T * BH, H,
-                         flat + offs[3 * (k * dirs + d)] + e * H, Hd, 0 if d == 0 else 1,
-                         out, H)
+                    pgemm(nthreads, c'N', c'N', <int>TB, H, H, 1,
+                          delta + (k * dirs + d) * T * BH, H,
+                          flat + offs[3 * (k * dirs + d)] + e * H, Hd, 0 if d == 0 else 1,
+                          out, H)
 
 
 cdef inline void stack_step(const floating* xf, const Py_ssize_t* xi, const floating* h,

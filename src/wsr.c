@@ -220,9 +220,10 @@ size_t rnn_ext_wsr_packed_size(int H) {
     return P * WSR_NR * (size_t)H;
 }
 
-void rnn_ext_wsr_pack(const float* W, int H, float* packed_fwd, float* packed_bwd) {
-    const int P = (H + WSR_NR - 1) / WSR_NR;
-    for (int p = 0; p < P; p++) {
+/* panels p0 .. p1-1 of either layout */
+static void pack_panels(const float* W, int H, float* packed_fwd, float* packed_bwd, int p0,
+                        int p1) {
+    for (int p = p0; p < p1; p++) {
         const ptrdiff_t base = (ptrdiff_t)p * H * WSR_NR;
         if (packed_fwd != NULL) {
             /* panel p, row k: W.T[k, p*32 + j] = W[p*32 + j, k]; a transpose
@@ -254,10 +255,29 @@ void rnn_ext_wsr_pack(const float* W, int H, float* packed_fwd, float* packed_bw
     }
 }
 
+void rnn_ext_wsr_pack(const float* W, int H, float* packed_fwd, float* packed_bwd) {
+    pack_panels(W, H, packed_fwd, packed_bwd, 0, (H + WSR_NR - 1) / WSR_NR);
+}
+
+typedef struct {
+    const float* W;
+    float *fwd, *bwd;
+    int H;
+} pack_task;
+
+static void pack_part(void* ctx, int i, int n) {
+    const pack_task* t = (const pack_task*)ctx;
+    const int P = (t->H + WSR_NR - 1) / WSR_NR;
+    pack_panels(t->W, t->H, t->fwd, t->bwd, (int)((long long)P * i / n),
+                (int)((long long)P * (i + 1) / n));
+}
+
 /* ------------------------------------------------------------------------
  * one layer-direction's recurrence, as run by each of n threads */
 
 typedef struct wsr_job {
+    rnn_ext_task_fn task; /* a generic task (rnn_ext_parallel) instead of a recurrence */
+    void* task_ctx;
     wsr_kernel_fn kernel;
     const float* packed;
     float* x;        /* hs (forward) or delta (backward) */
@@ -310,6 +330,11 @@ static int step_setup(const wsr_job* job, int i, wsr_step* s, const float** fill
  * after each (the last one also tells the caller the job is done). */
 static void job_run(const wsr_job* job, int tid) {
     const int n = job->nthreads, P = job->npanels, T = job->T, B = job->B, H = job->H;
+    if (job->task != NULL) {
+        job->task(job->task_ctx, tid, n);
+        if (n > 1) barrier(n, tid);
+        return;
+    }
     const int p0 = (int)((long long)P * tid / n), p1 = (int)((long long)P * (tid + 1) / n);
     const int c0 = p0 * WSR_NR, c1 = p1 * WSR_NR < H ? p1 * WSR_NR : H;
     wsr_step s;
@@ -609,7 +634,23 @@ static void run(wsr_job* job, int nthreads) {
 }
 
 /* ------------------------------------------------------------------------
- * the public recurrences */
+ * the public entry points */
+
+void rnn_ext_parallel(rnn_ext_task_fn fn, void* ctx, int nthreads) {
+    wsr_job job;
+    memset(&job, 0, sizeof job);
+    job.task = fn;
+    job.task_ctx = ctx;
+    job.npanels = nthreads > 1 ? nthreads : 1;
+    run(&job, nthreads);
+}
+
+void rnn_ext_wsr_pack_threads(const float* W, int H, float* packed_fwd, float* packed_bwd,
+                              int nthreads) {
+    const int P = (H + WSR_NR - 1) / WSR_NR;
+    pack_task t = {W, packed_fwd, packed_bwd, H};
+    rnn_ext_parallel(pack_part, &t, nthreads < P ? nthreads : P);
+}
 
 void rnn_ext_wsr_forward(const float* packed_fwd, int T, int B, int H, float* hs, int reverse,
                          const ptrdiff_t* lengths, int relu, int nthreads) {

@@ -36,7 +36,9 @@
  * Other threads that busy-wait take cores from the pool: OpenBLAS's workers
  * keep yielding for about 2^28 cycles after each multi-threaded BLAS call
  * (OPENBLAS_THREAD_TIMEOUT), which halves a 2-thread recurrence that follows
- * one; run BLAS single-threaded around it, or set that variable low.
+ * one.  So a pass that uses the pool runs everything parallel on it (the
+ * large products through rnn_ext_parallel, src/_pgemm.pxd) with the BLAS
+ * itself at one thread.
  *
  * The caller guarantees: H >= 1, B >= 1 (T <= 0 does nothing); packed
  * buffers written by rnn_ext_wsr_pack for this W and H and not changed since;
@@ -61,6 +63,9 @@ size_t rnn_ext_wsr_packed_size(int H);
 /* pack once per pass: fwd layout for  a_t += h_{t-1} @ W.T,  bwd layout for  d += d_next @ W.
  * Either output may be NULL (that layout is not written). */
 void rnn_ext_wsr_pack(const float* W, int H, float* packed_fwd, float* packed_bwd);
+/* the same, the panels split among nthreads threads of the pool below */
+void rnn_ext_wsr_pack_threads(const float* W, int H, float* packed_fwd, float* packed_bwd,
+                              int nthreads);
 
 /* the whole forward recurrence of one layer-direction.
    reverse=0: hs is (T+1,B,H); hs[0] = h0; hs[t+1] holds A[t] (input projection + bias) on entry;
@@ -83,6 +88,14 @@ void rnn_ext_wsr_forward(const float* packed_fwd, int T, int B, int H, float* hs
 void rnn_ext_wsr_backward(const float* packed_bwd, int T, int B, int H, float* delta,
                           const float* hs, int reverse, const ptrdiff_t* lengths, int relu,
                           int nthreads);
+
+/* Run fn(ctx, i, n) for i = 0 .. n-1, each on its own thread of the pool above (the caller
+   runs i = 0), n = min(nthreads, 64); returns once every one has returned.  nthreads <= 1, or
+   the pool held by another call: fn(ctx, 0, 1) on the calling thread.  So fn splits its work
+   by (i, n) and must give the same results for every n.  For the other parallel work of a
+   pass (the large products, packing), so that the pass's threads are this pool's alone. */
+typedef void (*rnn_ext_task_fn)(void* ctx, int i, int n);
+void rnn_ext_parallel(rnn_ext_task_fn fn, void* ctx, int nthreads);
 
 const char* rnn_ext_wsr_path(void);      /* "avx512", "avx2", "neon" or "portable" */
 int rnn_ext_wsr_set_path(const char*);   /* force a path (0 ok, -1 unknown/unsupported) */

@@ -1,0 +1,156 @@
+"""A complete training step, rnn_ext against PyTorch, in characters per second.
+
+    python benchmarks/train_step.py                          # the three cases below, 1 and 2 threads
+    python benchmarks/train_step.py --case 512,64,100 --threads 2 --rounds 9
+
+One step = forward and backward through the whole sequence, gradient
+clipping by value (5.0) and an Adam update (lr 1e-3), float32, a character
+vocabulary D = K = 65 (integer ids in, integer targets out):
+
+    rnn_ext  model.loss_and_grad(x, y); clip_grad_value(g, 5); Adam.step(g)
+    torch    nn.RNN + nn.Linear + cross_entropy(reduction="sum"), backward,
+             clip_grad_value_(params, 5), torch.optim.Adam.step (the ids as a
+             one-hot float tensor made once, outside the timing)
+
+Cases (H, B, T): (512, 64, 100), (1024, 32, 100), (128, 1, 25).  For every
+case and thread count the two run in turn, one timed block each (a block
+loops the step for at least --min-time seconds), round after round; the table
+gives the median over --rounds rounds and characters per second = T*B / time.
+The same run's sgemm rate (benchmarks/roofline.py) is given as the limit;
+GFLOP/s counts the fwd+bwd arithmetic 6·T·B·(D·H + H·H + H·K).  Thread
+counts: rnn_ext.threads(n) and torch.set_num_threads(n).
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+try:
+    import rnn_ext
+except ImportError:  # run from a source tree that was built in place
+    sys.path.insert(0, os.path.dirname(HERE))
+    import rnn_ext
+import roofline
+
+from rnn_ext.clip import clip_grad_value
+from rnn_ext.optim import Adam
+
+CASES = ((512, 64, 100), (1024, 32, 100), (128, 1, 25))
+DK = 65
+
+
+def rnn_ext_step(H, B, T, x, y):
+    model = rnn_ext.RNN(DK, H, DK, seed=0)
+    opt = Adam(model, lr=1e-3)
+
+    def step():
+        _, g = model.loss_and_grad(x, y)
+        clip_grad_value(g, 5.0)
+        opt.step(g)
+
+    return step
+
+
+def torch_step(H, B, T, x, y):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(DK, H, nonlinearity="tanh")
+    lin = torch.nn.Linear(H, DK)
+    params = list(rnn.parameters()) + list(lin.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    xt = F.one_hot(torch.from_numpy(x), DK).float()
+    yt = torch.from_numpy(y).reshape(-1)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        h, _ = rnn(xt)
+        loss = F.cross_entropy(lin(h).reshape(-1, DK), yt, reduction="sum")
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(params, 5.0)
+        opt.step()
+
+    return step
+
+
+def timed(fn, min_time):
+    """Seconds per call of fn, looped for at least min_time."""
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
+def set_threads(n):
+    rnn_ext.set_num_threads(n)
+    try:
+        import torch
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", action="append", help="H,B,T (repeatable); default: the three above")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--min-time", type=float, default=0.3)
+    args = ap.parse_args(argv)
+    cases = [tuple(int(v) for v in c.split(",")) for c in args.case] if args.case else CASES
+    counts = [int(n) for n in args.threads.split(",")]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"{cpu}; rnn_ext {rnn_ext.__version__}, recurrence path "
+          f"{rnn_ext._kernels.wsr_path()}; torch {torch.__version__ if torch else '-'}")
+    rows = []
+    for n in counts:
+        set_threads(n)
+        limit = roofline.sgemm_gflops(2048, n)
+        for H, B, T in cases:
+            rng = np.random.default_rng(0)
+            x = rng.integers(0, DK, (T, B))
+            y = rng.integers(0, DK, (T, B))
+            impls = {"rnn_ext": rnn_ext_step(H, B, T, x, y)}
+            if torch is not None:
+                impls["torch"] = torch_step(H, B, T, x, y)
+            for fn in impls.values():  # warm-up
+                timed(fn, args.min_time / 3)
+            times = {k: [] for k in impls}
+            for _ in range(args.rounds):
+                for k, fn in impls.items():
+                    times[k].append(timed(fn, args.min_time))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            gflops = 6.0 * T * B * (DK * H + H * H + H * DK) / med["rnn_ext"] / 1e9
+            ratio = med["torch"] / med["rnn_ext"] if "torch" in med else float("nan")
+            rows.append((n, H, B, T, med, gflops, limit, ratio))
+            print(f"threads {n}  H={H:5d} B={B:3d} T={T:3d}  rnn_ext {med['rnn_ext'] * 1e3:8.2f} ms "
+                  f"({T * B / med['rnn_ext']:10.0f} chars/s, {gflops:6.1f} GFLOP/s = "
+                  f"{100 * gflops / limit:3.0f}% of sgemm {limit:.0f})"
+                  + (f"  torch {med['torch'] * 1e3:8.2f} ms ({T * B / med['torch']:10.0f} chars/s)"
+                     f"  rnn_ext/torch speed {ratio:5.2f}x" if "torch" in med else ""),
+                  flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+# The large products of a pass on the pass's own threads.
+#
+# A pass that runs its recurrence on the thread pool of src/wsr.c (n threads,
+# one barrier per step) runs its once-per-pass GEMMs (input projections, dW,
+# dU, the output layer) on the same pool, the BLAS itself at one thread: the
+# output rows (or columns) are cut into runs of whole 32-row blocks, one per
+# thread, and each thread calls the BLAS on its run.  So the pass's threads
+# are the pool's alone (a BLAS's own workers, spinning between calls, would
+# otherwise share the cores with the recurrence), and every output element is
+# the same single BLAS computation of one row of op(A) with one column of
+# op(B) whatever the thread count.  Cimported by the modules that link
+# src/wsr.c only.
+from cython cimport floating
+
+from _blas cimport gemm
+
+
+cdef extern from "wsr.h" nogil:
+    ctypedef void (*rnn_ext_task_fn)(void* ctx, int i, int n) noexcept nogil
+    void rnn_ext_parallel(rnn_ext_task_fn fn, void* ctx, int nthreads)
+
+
+# Products below this many flops run on the calling thread: splitting them
+# costs more in waking a thread than it saves (~25 µs of work on one core).
+cdef enum:
+    PGEMM_MIN_FLOPS = 1 << 22
+    PGEMM_BLOCK = 32
+    PGEMM_PARTS = 2
+
+
+cdef struct GemmTask:
+    char ta
+    char tb
+    int M, N, K, lda, ldb, ldc
+    bint dbl     # double (else float)
+    bint rows    # split C's rows (else its columns)
+    int parts
+    double alpha, beta
+    const char* A
+    const char* B
+    char* C
+
+
+cdef inline void gemm_part(void* ctx, int i, int n) noexcept nogil:
+    """Thread i of n: parts [parts*i/n, parts*(i+1)/n) of C, one BLAS call each."""
+    cdef GemmTask* g = <GemmTask*>ctx
+    cdef int p
+    for p in range(<int>((<long long>g.parts * i) // n),
+                   <int>((<long long>g.parts * (i + 1)) // n)):
+        gemm_piece(g, p)
+
+
+cdef inline void gemm_piece(const GemmTask* g, int p) noexcept nogil:
+    """Part p of g.parts: C's rows (or columns) [lo, hi), whole blocks of 32."""
+    cdef int total = g.M if g.rows else g.N
+    cdef int blocks = (total + PGEMM_BLOCK - 1) // PGEMM_BLOCK
+    cdef int lo = min(PGEMM_BLOCK * <int>((<long long>blocks * p) // g.parts), total)
+    cdef int hi = min(PGEMM_BLOCK * <int>((<long long>blocks * (p + 1)) // g.parts), total)
+    if lo >= hi:
+        return
+    cdef size_t item = sizeof(double) if g.dbl else sizeof(float)
+    cdef const char* A = g.A
+    cdef const char* B = g.B
+    cdef char* C = g.C
+    cdef int M = g.M, N = g.N
+    if g.rows:
+        # rows lo..hi of op(A): A's rows (no transpose) or columns (transposed)
+        A += item * lo * (g.lda if g.ta == c'N' else 1)
+        C += item * lo * g.ldc
+        M = hi - lo
+    else:
+        # columns lo..hi of op(B): B's columns (no transpose) or rows (transposed)
+        B += item * lo * (1 if g.tb == c'N' else g.ldb)
+        C += item * lo
+        N = hi - lo
+    if g.dbl:
+        gemm(g.ta, g.tb, M, N, g.K, g.alpha, <const double*>A, g.lda, <const double*>B, g.ldb,
+             g.beta, <double*>C, g.ldc)
+    else:
+        gemm(g.ta, g.tb, M, N, g.K, <float>g.alpha, <const float*>A, g.lda, <const float*>B,
+             g.ldb, <float>g.beta, <float*>C, g.ldc)
+
+
+cdef inline void pgemm(int nthreads, char ta, char tb, int M, int N, int K, floating alpha,
+                       const floating* A, int lda, const floating* B, int ldb,
+                       floating beta, floating* C, int ldc) noexcept nogil:
+    """gemm (src/_blas.pxd) on up to nthreads threads of the pass's pool.
+
+    A large product is always cut into the same parts, whatever nthreads
+    (also 1); a small one (below PGEMM_MIN_FLOPS) is one BLAS call.
+    """
+    cdef GemmTask g
+    cdef bint rows = M >= N
+    cdef int blocks = ((M if rows else N) + PGEMM_BLOCK - 1) // PGEMM_BLOCK
+    cdef int parts = min(<int>PGEMM_PARTS, blocks)
+    if parts <= 1 or nthreads <= 0 or 2.0 * M * N * K < PGEMM_MIN_FLOPS:
+        gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        return
+    g.ta, g.tb, g.M, g.N, g.K, g.lda, g.ldb, g.ldc = ta, tb, M, N, K, lda, ldb, ldc
+    g.dbl = floating is double
+    g.rows = rows
+    g.parts = parts
+    g.alpha, g.beta = alpha, beta
+    g.A, g.B, g.C = <const char*>A, <const char*>B, <char*>C
+    rnn_ext_parallel(gemm_part, &g, min(nthreads, parts))

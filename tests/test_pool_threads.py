@@ -1,0 +1,112 @@
+"""A pass on rnn_ext's own thread pool gives the same bits for every thread count.
+
+float32 passes with a batch of two or more run the weight-stationary
+recurrence; with ``rnn_ext.threads(n)`` every parallel part of the pass (the
+recurrence, one barrier per step; the large products, cut into the same parts
+for every n; the packing of W) runs on n threads of the pool, the BLAS at one
+thread.  Each output element is then one fixed sequence of floating-point
+operations, so 1, 2, 3 and 5 threads must agree bit for bit, for the model's
+every entry point and for the layer's forward and backward.  The sizes are
+chosen so that the large products are split (above 2^22 flops) and the
+recurrence has several 32-column panels per thread.
+
+No timing assertions: speed is measured in benchmarks/bench.py.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import rnn_ext
+from rnn_ext import _threads
+
+COUNTS = (1, 2, 3, 5)
+pytestmark = pytest.mark.skipif(os.environ.get("RNN_EXT_SIMD") == "blas",
+                                reason="RNN_EXT_SIMD=blas: no pool pass (a GEMM per step)")
+
+
+def as_bytes(results):
+    return [None if r is None else np.asarray(r).tobytes() for r in results]
+
+
+def model_results(model, x, y, **kw):
+    f = model.forward(x, **{k: v for k, v in kw.items() if k in ("h0", "lengths")})
+    loss, g = model.loss_and_grad(x, y, **kw)
+    return as_bytes([f.h, f.probs, f.h_n, model.loss(x, y, **kw), loss, g.U, g.W, g.V,
+                     g.b, g.c, g.h0, g.x, g.h_last])
+
+
+@pytest.mark.parametrize("case", ["ids", "floats-ragged-h0", "two-layers-bidirectional-relu"])
+def test_model_pass_bit_identical_for_every_thread_count(case):
+    rng = np.random.default_rng(3)
+    T, B, D, H, K = 20, 16, 200, 160, 200
+    kw = {}
+    if case == "ids":
+        model = rnn_ext.RNN(D, H, K, seed=1)
+        x = rng.integers(0, D, size=(T, B))
+    elif case == "floats-ragged-h0":
+        model = rnn_ext.RNN(D, H, K, seed=2)
+        x = rng.standard_normal((T, B, D)).astype(np.float32)
+        kw = {"lengths": rng.integers(1, T + 1, size=B),
+              "h0": rng.standard_normal((B, H)).astype(np.float32)}
+    else:
+        model = rnn_ext.RNN(D, H, K, num_layers=2, bidirectional=True, nonlinearity="relu",
+                            seed=3)
+        x = rng.standard_normal((T, B, D)).astype(np.float32)
+    y = rng.integers(0, K, size=(T, B))
+    got = {}
+    for n in COUNTS:
+        with rnn_ext.threads(n):
+            got[n] = model_results(model, x, y, **kw)
+    for n in COUNTS[1:]:
+        for i, (a, b) in enumerate(zip(got[n], got[1])):
+            assert a == b, f"{case}: result {i} differs between 1 and {n} threads"
+
+
+def test_layer_forward_backward_bit_identical_for_every_thread_count():
+    rng = np.random.default_rng(4)
+    T, B, D, H = 24, 32, 96, 192
+    layer = rnn_ext.Recurrent(D, H, num_layers=2, bidirectional=True, seed=5)
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    d_out = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    got = {}
+    for n in COUNTS:
+        with rnn_ext.threads(n):
+            fwd = layer.forward(x)
+            g = layer.backward(fwd, d_out)
+            got[n] = as_bytes([fwd.output, fwd.h_n, g.flat, g.x, g.h0])
+    for n in COUNTS[1:]:
+        assert got[n] == got[1], f"the layer differs between 1 and {n} threads"
+
+
+def test_pool_pass_matches_the_blas_pass_to_rounding():
+    """The split products and the per-step BLAS path compute the same pass."""
+    rng = np.random.default_rng(6)
+    T, B, D, H, K = 16, 16, 200, 128, 200
+    model = rnn_ext.RNN(D, H, K, seed=6)
+    x, y = rng.integers(0, D, size=(T, B)), rng.integers(0, K, size=(T, B))
+    model64 = rnn_ext.RNN(D, H, K, dtype=np.float64, seed=6)
+    model64.set_params({k: v.astype(np.float64) for k, v in model.parameters().items()})
+    with rnn_ext.threads(2):
+        loss, g = model.loss_and_grad(x, y)
+    loss64, g64 = model64.loss_and_grad(x, y)
+    assert abs(loss - loss64) <= 1e-5 * abs(loss64)
+    for name in ("U", "W", "V", "b", "c"):
+        a, b = getattr(g, name), getattr(g64, name)
+        assert np.max(np.abs(a - b)) <= 2e-4 * np.max(np.abs(b)), name
+
+
+def test_pool_pass_runs_the_blas_on_one_thread_and_restores():
+    if _threads._controller is None:
+        _threads._libs()
+    before = [get() for get in _threads._getters]
+    ctx, n = _threads.pool_threads(100, 32, 256, 1024, 256)
+    assert n == max(before)
+    with ctx:
+        assert all(get() == 1 for get in _threads._getters)
+    assert [get() for get in _threads._getters] == before
+    with rnn_ext.threads(3):
+        assert _threads.pool_threads(100, 32, 256, 1024, 256)[1] == 3
+    # a small pass: one thread, whatever the BLAS's count
+    assert _threads.pool_threads(2, 2, 3, 4, 5)[1] == 1
