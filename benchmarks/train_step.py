@@ -125,7 +125,7 @@ def main(argv=None):
     rows = []
     for n in counts:
         set_threads(n)
-        limit = roofline.sgemm_gflops(2048, n)
+        limit = roofline.sgemm_gflops(2048, n)[0]
         for H, B, T in cases:
             rng = np.random.default_rng(0)
             x = rng.integers(0, DK, (T, B))

@@ -28,6 +28,7 @@ __all__ = [
 
 _BLAS_INT_MAX = 2**31 - 1
 REDUCTIONS = ("sum", "mean")
+_INTP = np.dtype(np.intp)
 NONLINEARITIES = ("tanh", "relu")
 
 
@@ -37,6 +38,8 @@ def _describe(a: np.ndarray) -> str:
 
 def _as_array(value: Any, name: str) -> np.ndarray:
     """np.asarray with the errors a user can read."""
+    if type(value) is np.ndarray and value.dtype.kind in "iuf":
+        return value  # the common case, checked first
     if value is None:
         raise TypeError(f"{name} must be a numeric array, got None")
     if isinstance(value, (str, bytes)):
@@ -98,7 +101,7 @@ def check_parameter(name: str, value: Any, shape: tuple[int, ...], dtype: np.dty
     return _finite_cast(a, name, dtype)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Batch:
     """One validated call's inputs, in the kernel's layout.
 
@@ -121,6 +124,8 @@ class Batch:
 
 def _as_ids(a: np.ndarray) -> np.ndarray:
     """Integer ids as a C-contiguous intp array (a copy when needed)."""
+    if a.dtype == _INTP and a.flags.c_contiguous:
+        return a
     if a.dtype.kind == "u" and a.dtype.itemsize >= np.dtype(np.intp).itemsize and a.size:
         top = a.max()
         if top > np.iinfo(np.intp).max:  # would wrap in the cast

@@ -202,6 +202,14 @@ class RNN:
             return [n for n in _LEGACY_ORDER if n in ("U", "W", "V") or self.bias]
         return [n for n in self._layout.names]
 
+    def _grad_keys(self) -> tuple[tuple[str, str], ...]:
+        """(name, layout name) of every parameter, computed once (both are fixed)."""
+        keys = self.__dict__.get("_grad_keys_cache")
+        if keys is None:
+            keys = tuple((n, _LEGACY.get(n, n) if self._legacy else n) for n in self._names())
+            self.__dict__["_grad_keys_cache"] = keys
+        return keys
+
     def _refresh_views(self, only: str | None = None) -> None:
         flat_views = self._layout.views(self._flat)
         for name in self._names():
@@ -437,7 +445,7 @@ class RNN:
             dflat = np.empty(self._layout.size, dtype=self.dtype)
             named = self._layout.views(dflat)
             g["V"], g["c"] = named["V"], named.get("c")
-            g["dflat"] = dflat
+            g["dflat"], g["named"] = dflat, named
         if what == _FULL:
             g.update(backward_buffers(s, batch, masks, self.layer._layout.size,
                                       dflat[:self.layer._layout.size]))
@@ -502,10 +510,8 @@ class RNN:
         """
         loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index,
                                        train, seed)
-        dflat = g["dflat"]
-        named = self._layout.views(dflat)
-        names = self._names()
-        grads = {n: named[_LEGACY.get(n, n) if self._legacy else n] for n in names}
+        dflat, named = g["dflat"], g["named"]
+        grads = {n: named[key] for n, key in self._grad_keys()}
         dx = self._sequence(g["x"], batch) if g["x"] is not None else None
         h_n = final_states(self.layer._stack, hs, batch)
         return loss, Gradients(U=named["U_l0"], W=named["W_l0"], V=named["V"],

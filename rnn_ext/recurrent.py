@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,10 +50,10 @@ class Stack:
     bias: bool
     relu: bool
     dtype: np.dtype
+    Ld: int = field(init=False)  # L * dirs: layer-directions
 
-    @property
-    def Ld(self) -> int:
-        return self.L * self.dirs
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "Ld", self.L * self.dirs)
 
     def layout(self) -> Layout:
         return recurrent_layout(self.D, self.H, self.L, self.dirs, self.bias)
@@ -65,6 +65,9 @@ class Stack:
 def states(s: Stack, batch: Batch) -> np.ndarray:
     """hs (Ld, T+1, B, H) with each direction's h0 row set: row 0 forward, row T reverse."""
     hs = np.empty((s.Ld, batch.T + 1, batch.B, s.H), dtype=s.dtype)
+    if s.dirs == 1:
+        hs[:, 0] = batch.h0
+        return hs
     for ld in range(s.Ld):
         hs[ld, batch.T if ld % s.dirs else 0] = batch.h0[ld]
     return hs
@@ -128,6 +131,8 @@ def final_states(s: Stack, hs: np.ndarray, batch: Batch) -> np.ndarray:
     """h_n (Ld, B, H): forward directions at each sequence's last valid step,
     reverse directions at t = 0."""
     B = batch.B
+    if batch.lengths is None and s.dirs == 1:
+        return hs[:, batch.T].copy()  # the common case, one copy
     last = np.full(B, batch.T) if batch.lengths is None else batch.lengths
     h_n = np.empty((s.Ld, B, s.H), dtype=s.dtype)
     for ld in range(s.Ld):
