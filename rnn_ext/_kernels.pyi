@@ -52,4 +52,15 @@ def model_pass(
     delta: _F | None, dx: _F | None, dh0: _F | None, dUT: _F | None, G: _F | None,
     dX: _F | None, packed: _F | None = ..., nthreads: int = ...,
 ) -> float: ...
+
+class FastPass:
+    def __init__(
+        self, flat: _F, offs: _I, D: int, H: int, V: _F, c: _F | None, relu: bool,
+    ) -> None: ...
+    def run(
+        self, what: int, xi: _I, yi: _I | None, hs: _F, Z: _F, dflat: _F | None,
+        dV: _F | None, dc: _F | None, delta: _F | None, dh0: _F | None, G: _F | None,
+        UT: _F | None, dUT: _F | None, WT: _F | None, packed: _F | None, nthreads: int,
+    ) -> float: ...
+
 def id_range(ids: _I, ignore: int, use_ignore: bool) -> tuple[int, int, int]: ...

@@ -62,8 +62,14 @@ class Layout:
         """{name: view of flat}, in layout order."""
         if flat.shape != (self.size,):
             raise ValueError(f"flat buffer must have shape ({self.size},), got {flat.shape}")
-        return {name: flat[at:at + n].reshape(shape)
-                for name, shape, at, n in zip(self.names, self.shapes, self.offsets, self.sizes)}
+        spans = self.__dict__.get("_spans")
+        if spans is None:  # computed once: this runs for every gradient
+            spans = tuple((name, slice(at, at + n), None if len(shape) == 1 else shape)
+                          for name, shape, at, n in zip(self.names, self.shapes, self.offsets,
+                                                        self.sizes))
+            object.__setattr__(self, "_spans", spans)
+        return {name: flat[span] if shape is None else flat[span].reshape(shape)
+                for name, span, shape in spans}
 
 
 def recurrent_layout(input_size: int, hidden_size: int, num_layers: int,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,13 @@ _FORWARD, _LOSS, _GRAD_V, _FULL = _kernels.FORWARD, _kernels.LOSS, _kernels.GRAD
 
 # The seed's letters for a one-layer, one-direction model, and their names in the layer.
 _LEGACY = {"U": "U_l0", "W": "W_l0", "b": "b_l0"}
+_INTP, _F32 = np.dtype(np.intp), np.dtype(np.float32)
+# The short path of loss_and_grad (RNN._short_full): passes up to this size,
+# T*B*max(D, H, K), whose buffers are a few MB at most.  Each float32 model's
+# bound parameters (_kernels.FastPass) are kept beside it, not in it, so that
+# copying a model never copies them.
+_SHORT_MAX = 1 << 22
+_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LEGACY_ORDER = ("U", "W", "V", "b", "c")
 
 class RNN:
@@ -349,6 +357,13 @@ class RNN:
             ``.h`` (T, B, dirs*H), ``.probs`` (T, B, K), ``.h_last`` (B, H) the
             top layer's forward final state, ``.h_n`` (L*dirs, B, H).
         """
+        if h0 is None and lengths is None:
+            short = self._short(_FORWARD, x, None)
+            if short is not None:
+                _, hs, Z, _, _, _ = short
+                T, B = x.shape
+                h_n = hs[:, T].copy()
+                return ForwardResult(hs[-1, 1:], Z.reshape(T, B, -1), h_n[-1], h_n)
         batch = self._batch(x, None, h0, lengths)
         hs, Z, _ = self._pass(_FORWARD, batch, None)
         h_n = final_states(self.layer._stack, hs, batch)
@@ -471,6 +486,11 @@ class RNN:
 
         The loss is accumulated in float64 whatever the model's dtype.
         """
+        if (h0 is None and lengths is None and reduction == "sum"
+                and type(ignore_index) is int and ignore_index == -100):
+            short = self._short(_LOSS, x, y)
+            if short is not None:
+                return float(short[0])
         return self._run(_LOSS, x, y, h0, lengths, reduction, ignore_index)[0]
 
     def grad_V(self, x: Any, y: Any, h0: Any = None, lengths: Any = None,
@@ -508,6 +528,18 @@ class RNN:
             ``.h_n`` every layer's final state, ``.flat`` every parameter's
             gradient laid out like ``flat`` and ``.parameters()`` by name.
         """
+        if (h0 is None and lengths is None and train is False and reduction == "sum"
+                and type(ignore_index) is int and ignore_index == -100):
+            short = self._short(_FULL, x, y)
+            if short is not None:
+                total, hs, _, dflat, named, dh0 = short
+                h_n = hs[:, hs.shape[1] - 1].copy()
+                L = h_n.shape[0]
+                grads = {name: named[key] for name, key in self._grad_keys()}
+                return float(total), Gradients(
+                    U=named["U_l0"], W=named["W_l0"], V=named["V"], b=named.get("b_l0"),
+                    c=named.get("c"), h0=dh0[0] if L == 1 else dh0, x=None,
+                    h_last=h_n[L - 1], h_n=h_n, flat=dflat, named=grads)
         loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index,
                                        train, seed)
         dflat, named = g["dflat"], g["named"]
@@ -519,6 +551,78 @@ class RNN:
                                h0=self._dh0(g["h0"], batch, h0), x=dx,
                                h_last=self._h_last(h_n, batch), h_n=self._h_n(h_n, batch),
                                flat=dflat, named=grads)
+
+    def _short(self, what: int, x: Any, y: Any) -> tuple | None:
+        """One pass by the short path, or None to take the general one.
+
+        The common call of a training loop and of inference: float32, one
+        direction, (T, B) C-contiguous intp ids in (and class ids out),
+        time-major, no h0, lengths, dropout or ignored targets beyond -100,
+        reduction "sum", and small enough that its buffers need no memory
+        check.  Its validation is a handful of comparisons and range scans,
+        and the kernel is entered through the bound parameters
+        (``_kernels.FastPass``).  Anything else, bad input included, returns
+        None and goes the general way, which gives the same results (bit for
+        bit: the same kernel on the same buffers) and the errors.
+
+        Returns (total, hs, Z, dflat, named, dh0); the last three only with
+        _FULL (dflat, named also with _GRAD_V).
+        """
+        s = self.layer._stack
+        if (type(x) is not np.ndarray or x.ndim != 2 or x.dtype != _INTP
+                or not x.flags.c_contiguous or s.dtype != _F32 or s.dirs != 1
+                or self._batch_first):
+            return None
+        if what != _FORWARD and (type(y) is not np.ndarray or y.shape != x.shape
+                                 or y.dtype != _INTP or not y.flags.c_contiguous):
+            return None
+        T, B = x.shape
+        D, H, K, L = s.D, s.H, self._output_size, s.L
+        if T == 0 or B == 0 or T * B * max(D, H, K) > _SHORT_MAX:
+            return None
+        xi = x.reshape(-1)
+        lo, hi, _ = _kernels.id_range(xi, 0, False)
+        if lo < 0 or hi >= D:
+            return None
+        yi = None
+        if what != _FORWARD:
+            yi = y.reshape(-1)
+            lo, hi, _ = _kernels.id_range(yi, -100, True)
+            if lo < 0 or hi >= K:
+                return None
+        version = self._version
+        if version % 2:
+            return None  # an assignment is in progress
+        fast = _FAST.get(self)
+        if fast is None:
+            fast = _FAST[self] = _kernels.FastPass(
+                self.layer._flat, self._offs, D, H, self.head._params["V"],
+                self.head._params.get("c"), s.relu)
+        ctx, packed, n = pass_plan(s, T, B, K)
+        hs = np.empty((L, T + 1, B, H), dtype=_F32)
+        hs[:, 0] = 0
+        TB = T * B
+        Z = np.empty((TB, K), dtype=_F32)
+        UT = np.empty((D, H), dtype=_F32) if TB >= D else None
+        WT = np.empty((H, H), dtype=_F32) if B > 1 and packed is None else None
+        dflat = named = dh0 = None
+        if what == _FULL:
+            dflat = np.empty(self._layout.size, dtype=_F32)
+            named = self._layout.views(dflat)
+            dh0 = np.empty((L, B, H), dtype=_F32)
+            with ctx:
+                total = fast.run(what, xi, yi, hs, Z, dflat[:self.layer._layout.size],
+                                 named["V"], named.get("c"), np.empty((L, T, B, H), dtype=_F32),
+                                 dh0, np.empty((B, H), dtype=_F32), UT,
+                                 np.empty((D, H), dtype=_F32) if UT is not None else None, WT,
+                                 packed, n)
+        else:
+            with ctx:
+                total = fast.run(what, xi, yi, hs, Z, None, None, None, None, None, None, UT,
+                                 None, WT, packed, n)
+        if self._version != version:
+            return None  # overlapped an assignment: the general path runs on a coherent copy
+        return total, hs, Z, dflat, named, dh0
 
     # -- interop and files ----------------------------------------------------
 

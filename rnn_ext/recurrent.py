@@ -83,12 +83,15 @@ def scratch(s: Stack, batch: Batch) -> tuple[np.ndarray | None, np.ndarray | Non
     return WT, UT
 
 
+_F32 = np.dtype(np.float32)
+
+
 def packed_scratch(s: Stack, B: int) -> np.ndarray | None:
     """Scratch for the weight-stationary float32 recurrence (src/wsr.h), or None
     for a BLAS call per step: float64, B = 1 (a GEMV streams W once a step
     anyway, and packing it costs more than it saves: 1.2-1.3x slower at H=1024),
     or ``RNN_EXT_SIMD=blas`` in the environment."""
-    if s.dtype != np.float32 or B < 2 or os.environ.get("RNN_EXT_SIMD") == "blas":
+    if B < 2 or s.dtype != _F32 or os.environ.get("RNN_EXT_SIMD") == "blas":
         return None
     return np.empty(_kernels.wsr_packed_size(s.H), dtype=np.float32)
 

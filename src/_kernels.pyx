@@ -39,10 +39,16 @@ DEBUG = bool(RNN_EXT_DEBUG)
 SIMD_CLONES = bool(RNN_EXT_HAVE_CLONES)
 
 # What a pass computes (the Python classes pass these codes as ``what``).
-FORWARD = -1  # states and the head's output (probabilities / predictions)
-LOSS = 0      # the loss alone
-GRAD_V = 1    # the loss and the head's gradients (eq. 4)
-FULL = 2      # the loss and every gradient (eqs. 4-7)
+cdef enum What:
+    W_FORWARD = -1  # states and the head's output (probabilities / predictions)
+    W_LOSS = 0      # the loss alone
+    W_GRAD_V = 1    # the loss and the head's gradients (eq. 4)
+    W_FULL = 2      # the loss and every gradient (eqs. 4-7)
+
+FORWARD = W_FORWARD
+LOSS = W_LOSS
+GRAD_V = W_GRAD_V
+FULL = W_FULL
 
 # The heads' losses.
 SOFTMAX = 0
@@ -305,6 +311,41 @@ def head_pass(floating[:, ::1] Z not None, const floating[:, ::1] F not None,
 # ---------------------------------------------------------------------------
 # the model: the layer and the softmax head in one fused pass
 
+cdef double run_model(floating* hs, floating* Z, const floating* xf, const Py_ssize_t* xi,
+                      const Py_ssize_t* yi, const floating* ys, const floating* flat,
+                      const Py_ssize_t* offs, const floating* V, const floating* c,
+                      const floating* masks, floating* xin, floating* WT, floating* UT,
+                      const Py_ssize_t* lengths, floating* dV, floating* dc, floating* dflat,
+                      floating* delta, floating* dx, floating* dh0, floating* dUT,
+                      floating* G, floating* dX, int T, int B, int D, int H, int L, int dirs,
+                      int K, bint relu, Py_ssize_t ignore_index, floating scale, int what,
+                      float* packed, int nthreads) noexcept nogil:
+    """The model's pass on checked buffers (model_pass, FastPass): the layer, the
+    softmax head and, by ``what``, BPTT.  Returns the summed loss."""
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
+    cdef Py_ssize_t top = <Py_ssize_t>(L - 1) * dirs
+    # the head reads the top layer's states where they lie ...
+    cdef const floating* F0 = state_rows(hs + top * (T + 1) * BH, B, H, 0)
+    cdef const floating* F1 = (state_rows(hs + (top + 1) * (T + 1) * BH, B, H, 1)
+                               if dirs == 2 else NULL)
+    # ... and writes dL/doutput straight into the top layer's δ buffers
+    cdef floating* dF0 = delta + top * T * BH if what == W_FULL else NULL
+    cdef floating* dF1 = dF0 + T * BH if what == W_FULL and dirs == 2 else NULL
+    cdef Mode mode = PROBS if what == W_FORWARD else (LOSS_ONLY if what == W_LOSS else DZ)
+    cdef double total
+    stack_forward(hs, xf, xi, flat, offs, masks, xin, WT, UT, lengths,
+                  T, B, D, H, L, dirs, relu, packed, nthreads)
+    output_forward(Z, F0, F1, V, c, TB, H, K, nthreads)
+    total = softmax_loss(Z, yi, ys, lengths, TB, B, K, ignore_index, scale, mode)
+    if mode == DZ:
+        output_backward(Z, F0, F1, V, dV, dc, dF0, dF1, TB, H, K, nthreads)
+    if what == W_FULL:
+        stack_backward(delta, hs, xf, xi, flat, offs, masks, xin, <const floating*>NULL,
+                       dflat, dx, dh0, dUT, G, dX, lengths, T, B, D, H, L, dirs, relu,
+                       packed, nthreads)
+    return total
+
+
 def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
                const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
                const Py_ssize_t[::1] yi, const floating[:, ::1] ys,
@@ -335,7 +376,7 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
     cdef float* ppacked = check_packed(packed, hs.shape[3])
     cdef int T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
     cdef int L = hs.shape[0] // dirs, K = Z.shape[1]
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
     expect(Z.shape[0] == TB and V.shape[0] == K and V.shape[1] == dirs * H, "Z, V")
     expect(c is None or c.shape[0] == K, "c")
     expect(FORWARD <= what <= FULL, "what")
@@ -352,7 +393,6 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
         expect(dflat is not None and delta is not None and dh0 is not None and G is not None,
                "backward buffers")
         check_backward(hs, delta, flat, dflat, dx, dh0, dUT, G, dX, xf, masks)
-    cdef Py_ssize_t top = <Py_ssize_t>(L - 1) * dirs
     cdef floating* phs = &hs[0, 0, 0, 0]
     cdef floating* pZ = &Z[0, 0]
     cdef const floating* pxf = ptr2(xf)
@@ -377,8 +417,6 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
     cdef floating* pdUT = NULL
     cdef floating* pG = NULL
     cdef floating* pdX = NULL
-    cdef floating* dF0 = NULL
-    cdef floating* dF1 = NULL
     if what == FULL:
         pdflat = &dflat[0]
         pdelta = &delta[0, 0, 0, 0]
@@ -387,29 +425,105 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
         pdUT = <floating*>ptr2(dUT)
         pG = &G[0, 0]
         pdX = <floating*>ptr2(dX)
-        # the head writes dL/doutput straight into the top layer's δ buffers
-        dF0 = pdelta + top * T * BH
-        dF1 = dF0 + T * BH if dirs == 2 else NULL
-    # the head reads the top layer's states where they lie
-    cdef const floating* F0 = state_rows(phs + top * (T + 1) * BH, B, H, 0)
-    cdef const floating* F1 = (state_rows(phs + (top + 1) * (T + 1) * BH, B, H, 1)
-                               if dirs == 2 else NULL)
-    cdef Mode mode = PROBS if what == FORWARD else (LOSS_ONLY if what == LOSS else DZ)
-    cdef bint full = what == FULL
     cdef double total
     with nogil:
-        stack_forward(phs, pxf, pxi, pflat, poffs, pmasks, pxin, pWT, pUT, plen,
-                      T, B, D, H, L, dirs, relu, ppacked, nthreads)
-        output_forward(pZ, F0, F1, pV, pc, TB, H, K, nthreads)
-        total = softmax_loss(pZ, pyi, pys, plen, TB, B, K, ignore_index,
-                             <floating>scale, mode)
-        if mode == DZ:
-            output_backward(pZ, F0, F1, pV, pdV, pdc, dF0, dF1, TB, H, K, nthreads)
-        if full:
-            stack_backward(pdelta, phs, pxf, pxi, pflat, poffs, pmasks, pxin,
-                           <const floating*>NULL, pdflat, pdx, pdh0, pdUT, pG, pdX, plen,
-                           T, B, D, H, L, dirs, relu, ppacked, nthreads)
+        total = run_model(phs, pZ, pxf, pxi, pyi, pys, pflat, poffs, pV, pc, pmasks, pxin,
+                          pWT, pUT, plen, pdV, pdc, pdflat, pdelta, pdx, pdh0, pdUT, pG, pdX,
+                          T, B, D, H, L, dirs, K, relu, ignore_index, <floating>scale, what,
+                          ppacked, nthreads)
     return total
+
+
+cdef class FastPass:
+    """A float32 model's parameters bound once, for the common call's short path.
+
+    ``forward(x)``, ``loss(x, y)`` and ``loss_and_grad(x, y)`` with (T, B) int
+    ids in and class ids out, one direction, no lengths, h0 = 0 and no
+    dropout are most of a training loop and of inference; model_pass takes 30
+    arguments, and converting them costs more than a small pass's
+    arithmetic.  This binds what never changes between calls (the flat
+    parameters, their offsets, V, c and the sizes) once, checked as
+    model_pass checks them; :meth:`run` then takes only the per-call
+    buffers.  The arrays are held, not copied: the model assigns into them
+    in place.
+    """
+
+    cdef const float[::1] flat
+    cdef const Py_ssize_t[:, ::1] offs
+    cdef const float[:, ::1] V
+    cdef const float[::1] c
+    cdef int D, H, L, K
+    cdef bint relu
+
+    def __init__(self, const float[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
+                 int D, int H, const float[:, ::1] V not None, const float[::1] c, bint relu):
+        cdef Py_ssize_t Ld = offs.shape[0], ld, In, need
+        expect(D >= 1 and H >= 1 and Ld >= 1 and offs.shape[1] == 3, "offs")
+        for ld in range(Ld):
+            In = D if ld == 0 else H
+            need = max(offs[ld, 0] + H * In, offs[ld, 1] + H * H, offs[ld, 2] + H)
+            expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and offs[ld, 2] >= -1
+                   and need <= flat.shape[0], "offs beyond flat")
+        expect(V.shape[1] == H and (c is None or c.shape[0] == V.shape[0]), "V, c")
+        self.flat, self.offs, self.V, self.c = flat, offs, V, c
+        self.D, self.H, self.L, self.K = D, H, <int>Ld, <int>V.shape[0]
+        self.relu = relu
+
+    def run(self, int what, const Py_ssize_t[::1] xi not None, const Py_ssize_t[::1] yi,
+            float[:, :, :, ::1] hs not None, float[:, ::1] Z not None, float[::1] dflat,
+            float[:, ::1] dV, float[::1] dc, float[:, :, :, ::1] delta,
+            float[:, :, ::1] dh0, float[:, ::1] G, float[:, ::1] UT, float[:, ::1] dUT,
+            float[:, ::1] WT, float[::1] packed, int nthreads):
+        """model_pass(what) for ids xi (T*B,) in [0, D) and, unless FORWARD,
+        class ids yi (T*B,) in [0, K) or -100 (ignored), reduction "sum"; hs
+        (L, T+1, B, H) with row 0 of each layer h0; the other buffers as
+        model_pass's (dV, dc from GRAD_V; dflat, delta, dh0, G, dUT with FULL;
+        None otherwise).  Returns the summed loss (0.0 with FORWARD)."""
+        cdef int L = self.L, H = self.H, D = self.D, K = self.K
+        cdef int T = <int>hs.shape[1] - 1, B = <int>hs.shape[2]
+        cdef Py_ssize_t TB = <Py_ssize_t>T * B
+        expect(W_FORWARD <= what <= W_FULL, "what")
+        expect(hs.shape[0] == L and hs.shape[3] == H and T >= 1 and B >= 1, "hs")
+        expect(xi.shape[0] == TB and Z.shape[0] == TB and Z.shape[1] == K, "xi, Z")
+        expect((yi is None) == (what == W_FORWARD) and (yi is None or yi.shape[0] == TB), "yi")
+        expect(UT is None or (UT.shape[0] == D and UT.shape[1] == H), "UT")
+        expect(WT is None or (WT.shape[0] == H and WT.shape[1] == H), "WT")
+        cdef float* pdV = NULL
+        cdef float* pdc = NULL
+        cdef float* pdflat = NULL
+        cdef float* pdelta = NULL
+        cdef float* pdh0 = NULL
+        cdef float* pG = NULL
+        cdef float* pdUT = NULL
+        if what >= W_GRAD_V:
+            expect(dV is not None and dV.shape[0] == K and dV.shape[1] == H, "dV")
+            expect((dc is None) == (self.c is None) and (dc is None or dc.shape[0] == K), "dc")
+            pdV = &dV[0, 0]
+            pdc = <float*>ptr1(dc)
+        if what == W_FULL:
+            expect(dflat is not None and dflat.shape[0] == self.flat.shape[0], "dflat")
+            expect(delta is not None and delta.shape[0] == L and delta.shape[1] == T
+                   and delta.shape[2] == B and delta.shape[3] == H, "delta")
+            expect(dh0 is not None and dh0.shape[0] == L and dh0.shape[1] == B
+                   and dh0.shape[2] == H, "dh0")
+            expect(G is not None and G.shape[0] == B and G.shape[1] == H, "G")
+            expect(dUT is None or (dUT.shape[0] == D and dUT.shape[1] == H), "dUT")
+            pdflat, pdelta, pdh0, pG = &dflat[0], &delta[0, 0, 0, 0], &dh0[0, 0, 0], &G[0, 0]
+            pdUT = <float*>ptr2(dUT)
+        cdef float* ppacked = check_packed(packed, H)
+        cdef float* pUT = <float*>ptr2(UT)
+        cdef float* pWT = <float*>ptr2(WT)
+        cdef const Py_ssize_t* pyi = iptr(yi)
+        cdef const float* pc = ptr1(self.c)
+        cdef double total
+        with nogil:
+            total = run_model(&hs[0, 0, 0, 0], &Z[0, 0], <const float*>NULL, &xi[0], pyi,
+                              <const float*>NULL, &self.flat[0], &self.offs[0, 0],
+                              &self.V[0, 0], pc, <const float*>NULL, <float*>NULL, pWT, pUT,
+                              <const Py_ssize_t*>NULL, pdV, pdc, pdflat, pdelta, <float*>NULL,
+                              pdh0, pdUT, pG, <float*>NULL, T, B, D, H, L, 1, K, self.relu,
+                              -100, 1.0, what, ppacked, nthreads)
+        return total
 
 
 # ---------------------------------------------------------------------------
