@@ -421,11 +421,9 @@ class RNN:
         """
         s = self.layer._stack
         xf, xi, h0, batched = step_inputs(s, x_t, h)
-        out = np.empty_like(h0)
-        Z = np.empty((h0.shape[1], self._output_size), dtype=s.dtype)
-        _kernels.step_pass(h0, out, xf, xi, self.layer._flat, self._offs, s.D, s.relu,
-                           self.head._params["V"], self.head._params.get("c"), Z)
-        return (out, Z) if batched else (out[:, 0], Z[0])
+        params = self.head._params
+        return _kernels.step_pass(h0, xf, xi, self.layer._flat, self._offs, s.D, s.relu,
+                                  params["V"], params.get("c"), batched)
 
     def _run(self, what: int, x: Any, y: Any, h0: Any, lengths: Any, reduction: str,
              ignore_index: int, train: bool = False, seed: int | None = None):
