@@ -84,6 +84,18 @@ extensions = [
         + ([] if sys.platform == "win32" else ["-fno-math-errno", "-ffp-contract=off"]),
         extra_link_args=link_args,
     ),
+    # The sampling loop of rnn_ext.text.sample.  The same flags as _kernels,
+    # so the recurrence it shares (stack_step, and its float32 tanh clones)
+    # rounds exactly as model.step's does.
+    Extension(
+        "rnn_ext._sample",
+        ["src/_sample.pyx"],
+        include_dirs=["src"],
+        depends=["src/_recurrence.pxd", "src/_pgemm.pxd", "src/_elementwise.pxd",
+                 "src/_blas.pxd", "src/_fastmath.h", "src/wsr.h"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    ),
     Extension(
         "rnn_ext._wsr",
         ["src/_wsr.pyx", *WSR_SOURCES],
