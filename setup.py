@@ -9,6 +9,7 @@ suite can run against a checked build.  ``RNN_EXT_SANITIZE=1`` adds
 import os
 import sys
 
+import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -54,15 +55,20 @@ WSR_SOURCES = [
 # its persistent worker threads
 wsr_link_args = [] if sys.platform == "win32" else ["-pthread"]
 
+# model.step's entry point (src/_kernels.pyx, step_pass) checks its ndarray
+# arguments through NumPy's C API: microseconds matter there.
+NUMPY_INCLUDE = np.get_include()
+NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+
 extensions = [
     Extension(
         "rnn_ext._kernels",
         ["src/_kernels.pyx", *WSR_SOURCES],
-        include_dirs=["src"],
+        include_dirs=["src", NUMPY_INCLUDE],
         depends=["src/wsr.h", "src/wsr_internal.h", "src/_recurrence.pxd", "src/_output.pxd",
                  "src/_pgemm.pxd",
                  "src/_elementwise.pxd", "src/_blas.pxd", "src/_fastmath.h"],
-        define_macros=[("RNN_EXT_DEBUG", "1" if DEBUG else "0")],
+        define_macros=[("RNN_EXT_DEBUG", "1" if DEBUG else "0"), *NUMPY_MACROS],
         extra_compile_args=compile_args + wsr_link_args,
         extra_link_args=link_args + wsr_link_args,
     ),
@@ -76,6 +82,18 @@ extensions = [
         include_dirs=["src"],
         extra_compile_args=compile_args
         + ([] if sys.platform == "win32" else ["-fno-math-errno", "-ffp-contract=off"]),
+        extra_link_args=link_args,
+    ),
+    # The sampling loop of rnn_ext.text.sample.  The same flags as _kernels,
+    # so the recurrence it shares (stack_step, and its float32 tanh clones)
+    # rounds exactly as model.step's does.
+    Extension(
+        "rnn_ext._sample",
+        ["src/_sample.pyx"],
+        include_dirs=["src"],
+        depends=["src/_recurrence.pxd", "src/_pgemm.pxd", "src/_elementwise.pxd",
+                 "src/_blas.pxd", "src/_fastmath.h", "src/wsr.h"],
+        extra_compile_args=compile_args,
         extra_link_args=link_args,
     ),
     Extension(

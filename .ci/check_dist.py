@@ -20,14 +20,16 @@ WHEEL_FORBIDDEN = ["*.c", "*.cpp", "*.h", "*.pyx", "*.pxd", "*.pxi", "*.html",
                    "*/conftest.py", "src/*"]
 WHEEL_REQUIRED = ["rnn_ext/__init__.py", "rnn_ext/_version.py", "rnn_ext/py.typed",
                   "rnn_ext/_kernels.pyi", "rnn_ext/_kernels.*.so|rnn_ext/_kernels.*.pyd",
-                  "rnn_ext/_flat.pyi", "rnn_ext/_flat.*.so|rnn_ext/_flat.*.pyd"]
-SDIST_FORBIDDEN = ["*.so", "*.pyd", "*.o", "*.html", "src/_kernels.c", "src/_flat.c", "*/__pycache__/*",
-                   "*.pyc", ".venv*", "build/*", "dist/*", "wheelhouse/*", ".git/*",
+                  "rnn_ext/_flat.pyi", "rnn_ext/_flat.*.so|rnn_ext/_flat.*.pyd",
+                  "rnn_ext/_sample.pyi", "rnn_ext/_sample.*.so|rnn_ext/_sample.*.pyd"]
+SDIST_FORBIDDEN = ["*.so", "*.pyd", "*.o", "*.html", "src/_kernels.c", "src/_flat.c", "src/_sample.c",
+                   "*/__pycache__/*", "*.pyc", ".venv*", "build/*", "dist/*", "wheelhouse/*", ".git/*",
                    ".pytest_cache/*", ".hypothesis/*", ".mypy_cache/*", ".ruff_cache/*"]
 SDIST_REQUIRED = ["pyproject.toml", "setup.py", "README.md", "PKG-INFO",
                   "src/_kernels.pyx", "src/_blas.pxd", "rnn_ext/__init__.py",
                   "rnn_ext/py.typed", "rnn_ext/_kernels.pyi", "tests/test_*.py",
-                  "src/_flat.pyx", "src/_flat.h", "src/_flat_loops.h", "rnn_ext/_flat.pyi"]
+                  "src/_flat.pyx", "src/_flat.h", "src/_flat_loops.h", "rnn_ext/_flat.pyi",
+                  "src/_sample.pyx", "rnn_ext/_sample.pyi"]
 
 
 def matches(name: str, pattern: str) -> bool:

@@ -33,8 +33,9 @@ python -c "import rnn_ext; rnn_ext.show_config()"
 log "pytest (the README's test command; warnings are errors)"
 python -m pytest
 
-log "mypy rnn_ext/ and stubtest rnn_ext._kernels, rnn_ext._flat, rnn_ext._wsr"
+log "mypy rnn_ext/ and stubtest rnn_ext._kernels, rnn_ext._flat, rnn_ext._wsr, rnn_ext._sample"
 pip_install python mypy
 python -m mypy
 python -m mypy.stubtest --mypy-config-file pyproject.toml \
-    --allowlist .ci/stubtest-allowlist.txt rnn_ext._kernels rnn_ext._flat rnn_ext._wsr
+    --allowlist .ci/stubtest-allowlist.txt rnn_ext._kernels rnn_ext._flat rnn_ext._wsr \
+    rnn_ext._sample

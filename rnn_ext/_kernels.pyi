@@ -4,6 +4,8 @@
 # The kernels take C-contiguous arrays of one floating dtype (float32 or
 # float64, fused) and intp index arrays; rnn_ext/_validation.py makes them so.
 # Shapes are in the docstrings of the .pyx.
+from typing import overload
+
 import numpy as np
 import numpy.typing as npt
 
@@ -40,10 +42,16 @@ def head_pass(
     B: int, loss: int, ignore_index: int, scale: float, what: int, dV: _F | None,
     dc: _F | None, dF: _F | None,
 ) -> float: ...
+@overload
 def step_pass(
-    h: _F, h_out: _F, xf: _F | None, xi: _I | None, flat: _F, offs: _I, D: int, relu: bool,
-    V: _F | None, c: _F | None, Z: _F | None,
-) -> None: ...
+    h: _F, xf: _F | None, xi: _I | int | None, flat: _F, offs: _I, D: int, relu: bool,
+    V: _F, c: _F | None, batched: bool,
+) -> tuple[_F, _F]: ...
+@overload
+def step_pass(
+    h: _F, xf: _F | None, xi: _I | int | None, flat: _F, offs: _I, D: int, relu: bool,
+    V: None, c: None, batched: bool,
+) -> tuple[_F, None]: ...
 def model_pass(
     hs: _F, Z: _F, xf: _F | None, xi: _I | None, yi: _I | None, ys: _F | None, flat: _F,
     offs: _I, D: int, dirs: int, V: _F, c: _F | None, masks: _F | None, xin: _F | None,

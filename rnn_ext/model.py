@@ -436,11 +436,26 @@ class RNN:
         """
         s = self.layer._stack
         xf, xi, h0, batched = step_inputs(s, x_t, h)
-        out = np.empty_like(h0)
-        Z = np.empty((h0.shape[1], self._output_size), dtype=s.dtype)
-        _kernels.step_pass(h0, out, xf, xi, self.layer._flat, self._offs, s.D, s.relu,
-                           self.head._params["V"], self.head._params.get("c"), Z)
-        return (out, Z) if batched else (out[:, 0], Z[0])
+        params = self.head._params
+        return _kernels.step_pass(h0, xf, xi, self.layer._flat, self._offs, s.D, s.relu,
+                                  params["V"], params.get("c"), batched)
+
+    def _generation_params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(flat, offs, V, c) for a generation loop that runs for long without the
+        GIL (rnn_ext.text.sample): the layer's parameters and their offsets as
+        step takes them, then V (K, H) and c (K,) widened to float64 (the logits
+        are computed in float64), all copies taken while no assignment is in
+        progress, so the loop never sees one half done."""
+        while True:
+            version = self._version
+            copy = self._flat.copy()
+            if version % 2 == 0 and self._version == version:
+                break
+        n_layer = self.layer._layout.size
+        head = self._head_layout.views(copy[n_layer:])
+        c = head.get("c")
+        return (copy[:n_layer], self._offs, np.ascontiguousarray(head["V"], dtype=np.float64),
+                None if c is None else c.astype(np.float64))
 
     def _run(self, what: int, x: Any, y: Any, h0: Any, lengths: Any, reduction: str,
              ignore_index: int, train: bool = False, seed: int | None = None):

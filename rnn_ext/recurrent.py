@@ -158,45 +158,54 @@ def backward_buffers(s: Stack, batch: Batch, masks: np.ndarray | None, size: int
     }
 
 
-def step_inputs(s: Stack, x_t: Any, h: Any) -> tuple[np.ndarray | None, np.ndarray | None,
+def step_inputs(s: Stack, x_t: Any, h: Any) -> tuple[np.ndarray | None, np.ndarray | int | None,
                                                      np.ndarray, bool]:
     """(xf, xi, h, batched) for one step: x_t an int id, (B,) ids, (D,) or (B, D)
     floats; h None, (L, B, H) or (L, H) (also (B, H) / (H,) for one layer).
-    The common case, a carried state from the previous step, is not copied."""
+
+    An unbatched id comes back as an int (xi), as the kernel takes it; h comes
+    back in the shape it was given (L*B*H elements, H last), as the kernel
+    takes it too.  The common case, an id and the state the previous step
+    returned, is checked first and costs a few attribute reads: nothing is
+    converted or copied.
+    """
     if s.dirs != 1:
         raise ValueError("step needs a unidirectional layer: a reverse direction reads the "
                          "whole sequence; use forward")
-    if isinstance(x_t, (int, np.integer)) and not isinstance(x_t, (bool, np.bool_)):
+    xf: np.ndarray | None = None
+    xi: np.ndarray | int | None = None
+    if type(x_t) is int or (isinstance(x_t, (int, np.integer))
+                            and not isinstance(x_t, (bool, np.bool_))):
         if not 0 <= x_t < s.D:
             raise ValueError(f"x_t id must be in [0, {s.D}) (input_size), got {x_t}")
-        xi, xf, batched, B = np.array([x_t], dtype=np.intp), None, False, 1
+        xi, batched, B = int(x_t), False, 1
     else:
         a = _as_array(x_t, "x_t")
         if a.dtype.kind in "iu":
             if a.ndim not in (0, 1):
                 raise ValueError(f"x_t of ids must be an int or (B,), got shape {a.shape}")
             batched = a.ndim == 1
-            xi, xf = np.ascontiguousarray(a.reshape(-1), dtype=np.intp), None
-            if xi.size == 0 or xi.min() < 0 or xi.max() >= s.D:
+            ids = np.ascontiguousarray(a.reshape(-1), dtype=np.intp)
+            if ids.size == 0 or ids.min() < 0 or ids.max() >= s.D:
                 raise ValueError(f"x_t ids must be in [0, {s.D}) (input_size), got {a}")
+            xi, B = ids, ids.shape[0]
         else:
             if a.ndim not in (1, 2) or a.shape[-1] != s.D:
                 raise ValueError(f"x_t of floats must be ({s.D},) or (B, {s.D}), got shape {a.shape}")
             batched = a.ndim == 2
-            xf, xi = _finite_cast(a, "x_t", s.dtype).reshape(-1, s.D), None
-        B = (xi if xi is not None else xf).shape[0]  # type: ignore[union-attr]
-    if h is None:
-        return xf, xi, np.zeros((s.L, B, s.H), dtype=s.dtype), batched
+            xf = _finite_cast(a, "x_t", s.dtype).reshape(-1, s.D)
+            B = xf.shape[0]
     full = (s.L, B, s.H) if batched else (s.L, s.H)
-    short = (B, s.H) if batched else (s.H,)
-    if not (isinstance(h, np.ndarray) and h.dtype == s.dtype and h.flags.c_contiguous
-            and (h.shape == full or (s.L == 1 and h.shape == short))):
-        a = _as_array(h, "h")
-        if a.shape != full and not (s.L == 1 and a.shape == short):
-            raise ValueError(f"h must have shape {full} (num_layers, [batch,] hidden_size) for "
-                             f"this x_t, got {a.shape}")
-        h = _finite_cast(a, "h", s.dtype)
-    return xf, xi, h.reshape(s.L, B, s.H), batched
+    if h is None:
+        return xf, xi, np.zeros(full, dtype=s.dtype), batched
+    if isinstance(h, np.ndarray) and h.dtype == s.dtype and h.flags.c_contiguous and (
+            h.shape == full or (s.L == 1 and h.shape == full[1:])):
+        return xf, xi, h, batched
+    a = _as_array(h, "h")
+    if a.shape != full and not (s.L == 1 and a.shape == full[1:]):
+        raise ValueError(f"h must have shape {full} (num_layers, [batch,] hidden_size) for "
+                         f"this x_t, got {a.shape}")
+    return xf, xi, _finite_cast(a, "h", s.dtype), batched
 
 
 def user_layout(a: np.ndarray, batch: Batch, batch_first: bool) -> np.ndarray:
@@ -460,10 +469,8 @@ class Recurrent:
         """
         s = self._stack
         xf, xi, h0, batched = step_inputs(s, x_t, h)
-        out = np.empty_like(h0)
-        _kernels.step_pass(h0, out, xf, xi, self._flat, self._offs, s.D, s.relu, None, None,
-                           None)
-        return out if batched else out[:, 0]
+        return _kernels.step_pass(h0, xf, xi, self._flat, self._offs, s.D, s.relu, None, None,
+                                  batched)[0]
 
     def _upstream(self, name: str, value: Any, shape: tuple[int, ...],
                   batch: Batch | None) -> np.ndarray:

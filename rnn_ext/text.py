@@ -15,6 +15,7 @@ import numbers
 
 import numpy as np
 
+from . import _sample
 from ._memory import check_fits
 
 __all__ = ["Vocab", "batchify", "iter_chunks", "num_chunks", "sample", "default_corpus"]
@@ -221,28 +222,14 @@ def _batch1(ids, batch_first):
     return ids[None, :] if batch_first else ids[:, None]
 
 
+# characters per call of the compiled loop (src/_sample.pyx): a fraction of a
+# second each at H = 128
+_CHUNK = 1 << 16
+
+
 def _sample_bytes(length):
     """Peak memory of a sample of ``length`` characters: the ids (int64) and their decoding."""
     return 32 * length
-
-
-def _step_probs(z, temperature, top_k):
-    """Unnormalised probabilities softmax(z / temperature), top_k kept, computed stably.
-
-    z is float64 logits of shape (K,).  The maximum is subtracted before
-    dividing, so every entry is <= 0 and the largest is exactly 0: for any
-    temperature > 0, however small, the result is finite, its largest entry
-    is 1, and as the temperature goes to 0 it becomes the one-hot of the
-    argmax (greedy decoding).  Never NaN.
-    """
-    z = z - z.max()
-    if top_k is not None and top_k < z.size:
-        # exactly top_k entries survive, ties at the cut broken by index order
-        drop = np.argsort(-z, kind="stable")[top_k:]
-        z[drop] = -np.inf
-    with np.errstate(over="ignore", under="ignore"):
-        z /= temperature  # tiny temperatures send all but the maximum to -inf
-        return np.exp(z)
 
 
 def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None, seed=None):
@@ -253,12 +240,17 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
     with the carried hidden state.  Equivalent to::
 
         state = forward(prime).h_n;  h = state[-1]       # every layer's; the top one's
-        for _ in range(length):
-            z = V h + c;  ch ~ softmax(z / temperature);  state = step(ch, state)
+        u = rng.random(length)                           # when temperature > 0
+        for i in range(length):
+            z = V h + c;  ch ~ softmax(z / temperature) by u[i];  state, _ = step(ch, state)
 
     The softmax is computed in float64 as ``exp((z - max z) / temperature)``,
     so any temperature > 0 gives a proper distribution, approaching greedy
-    decoding as it goes to 0.
+    decoding as it goes to 0.  A character is the first id whose cumulative
+    probability exceeds ``u[i]`` (inverse-CDF sampling, one uniform per
+    character).  The loop is compiled and runs without the GIL, a chunk of
+    characters per call (src/_sample.pyx); it reads the parameters once, a
+    copy taken after the prime's pass.
 
     Parameters
     ----------
@@ -285,6 +277,14 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
     -------
     str of ``length`` characters (the continuation only; ``prime + result``
     is the full text).
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (before anything runs), and when the hidden state
+        overflows to NaN or infinity (as a relu model's can), or with
+        temperature > 0 the logits do: there is no state to step from or
+        distribution to draw from.
     """
     if vocab is None:
         vocab = getattr(model, "vocab", None)
@@ -317,27 +317,20 @@ def sample(model, vocab=None, prime="", length=200, temperature=1.0, top_k=None,
     context = prime or ("\n" if "\n" in vocab else vocab.chars[0])
     ids = vocab.encode(context)
     fwd = model.forward(_batch1(ids, model.batch_first))
-    h, state = fwd.h_last, fwd.h_n  # the top layer's (1, H); every layer's (L, 1, H)
-    # z = V h + c in float64; the parameters do not change while sampling
-    VT = model.V.T.astype(np.float64)
-    c = None if model.c is None else model.c.astype(np.float64)
-    out = np.empty(length, dtype=np.int64)
-    x = np.empty((1, 1), dtype=np.int64)
-    for i in range(length):
-        z = (h.astype(np.float64) @ VT)[0]
-        if c is not None:
-            z += c
-        if temperature == 0:
-            nxt = int(np.argmax(z))
-        else:
-            p = _step_probs(z, temperature, top_k)
-            cdf = np.cumsum(p)
-            nxt = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-            if nxt >= k:  # u * cdf[-1] rounded up to cdf[-1]: the last id with p > 0
-                nxt = int(np.flatnonzero(p)[-1])
-        out[i] = nxt
-        if i + 1 < length:
-            x[0, 0] = nxt
-            fwd = model.forward(x, h0=state)
-            h, state = fwd.h_last, fwd.h_n
+    state = np.array(fwd.h_n, dtype=model.dtype, order="C")  # every layer's, (L, 1, H)
+    flat, offs, V, c = model._generation_params()
+    top = 0 if top_k is None or top_k >= k else top_k
+    temperature = float(temperature)
+    relu = model.nonlinearity == "relu"
+    out = np.empty(length, dtype=np.intp)
+    # a chunk at a time: the loop holds no GIL, so Ctrl-C and other threads get
+    # a turn between chunks; the uniforms are drawn in the order characters use them
+    for i in range(0, length, _CHUNK):
+        n = min(_CHUNK, length - i)
+        u = rng.random(n) if temperature > 0 else None
+        bad = _sample.generate(state, flat, offs, k, relu, V, c, temperature, top, u,
+                               out[i : i + n], i + n < length)
+        if bad >= 0:
+            raise ValueError(f"the model's state overflowed: its hidden state or logits hold NaN "
+                             f"or infinity at character {i + bad} of the sample")
     return vocab.decode(out)

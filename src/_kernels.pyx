@@ -17,6 +17,7 @@ finiteness before anything here runs; the checks below only guard buffer
 sizes against a caller that bypassed it.  All scratch is allocated by the
 caller per call, so concurrent calls share nothing mutable.
 """
+cimport numpy as cnp
 from cython cimport floating
 
 from _elementwise cimport RNN_EXT_HAVE_CLONES
@@ -32,6 +33,8 @@ cdef extern from *:
     #endif
     """
     bint RNN_EXT_DEBUG
+
+cnp.import_array()
 
 #: True in a build made with RNN_EXT_DEBUG=1 (bounds and wraparound checks on).
 DEBUG = bool(RNN_EXT_DEBUG)
@@ -548,47 +551,121 @@ def id_range(const Py_ssize_t[::1] ids not None, Py_ssize_t ignore, bint use_ign
 
 # ---------------------------------------------------------------------------
 # one time step, for generation and streaming
+#
+# model.step runs a few microseconds of arithmetic at B = 1, H = 128, so its
+# entry point takes plain ndarrays checked through NumPy's C API (tens of
+# nanoseconds for every argument) rather than typed memoryviews (about a
+# microsecond for eleven of them).
 
-def step_pass(const floating[:, :, ::1] h not None, floating[:, :, ::1] h_out not None,
-              const floating[:, ::1] xf, const Py_ssize_t[::1] xi,
-              const floating[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
-              int D, bint relu, const floating[:, ::1] V, const floating[::1] c,
-              floating[:, ::1] Z):
+cdef inline char* array_data(object a, str name, int typenum, Py_ssize_t size,
+                             bint writeable) except NULL:
+    """a's data, once a is checked to be a C-contiguous ndarray of typenum holding
+    size elements (and writeable, when asked)."""
+    if not isinstance(a, cnp.ndarray) \
+            or cnp.PyArray_TYPE(<cnp.ndarray>a) != typenum \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a) \
+            or cnp.PyArray_SIZE(<cnp.ndarray>a) != size \
+            or (writeable and not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a)):
+        expect(False, name)
+    return <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline void run_step(const floating* xf, const Py_ssize_t* xi, const floating* h,
+                          floating* h_out, const floating* flat, const Py_ssize_t* offs,
+                          const floating* V, const floating* c, floating* Z, int B, int D,
+                          int H, int L, int K, bint relu) noexcept nogil:
+    stack_step(xf, xi, h, h_out, flat, offs, B, D, H, L, relu)
+    if V != NULL:
+        output_forward(Z, h_out + <Py_ssize_t>(L - 1) * B * H, <const floating*>NULL, V, c,
+                       B, H, K, 1)
+        softmax_loss(Z, <const Py_ssize_t*>NULL, <const floating*>NULL,
+                     <const Py_ssize_t*>NULL, B, B, K, 0, 1, PROBS)
+
+
+def step_pass(object h, object xf, object xi, object flat, object offs, int D, bint relu,
+              object V, object c, bint batched):
     """Eq. (1) for one step through every layer (one direction), then eq. (2).
 
-    h : (L, B, H) the states before the step;  h_out : (L, B, H) after it
-    xf : (B, D) floats or None;  xi : (B,) ids in [0, D) or None
+    h : (L, B, H) the states before the step.  Any C-contiguous shape of
+        L*B*H elements whose last axis is H will do: (L, H) or (H,) for B = 1
+    xf : (B, D) floats or None;  xi : (B,) intp ids in [0, D), one int id
+        (B = 1), or None
     flat, offs : as in layer_forward (offs is (L, 3));  V : (K, H) or None;
-    c : (K,) or None;  Z : (B, K) receives the probabilities when V is given
+    c : (K,) or None.  h, xf, flat, V and c share one floating dtype.
+
+    Returns (h_out, Z), new arrays of that dtype: the states after the step,
+    (L, B, H), and the probabilities, (B, K), or None without V; (L, H) and
+    (K,) when not batched (B = 1).
     """
-    cdef Py_ssize_t L = h.shape[0], B = h.shape[1], H = h.shape[2]
-    expect(h_out.shape[0] == L and h_out.shape[1] == B and h_out.shape[2] == H
-           and offs.shape[0] == L and offs.shape[1] == 3 and B >= 1 and H >= 1, "h, offs")
+    expect(isinstance(h, cnp.ndarray) and cnp.PyArray_NDIM(<cnp.ndarray>h) >= 1, "h")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>h)
+    expect(t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64, "h dtype")
+    cdef Py_ssize_t H = cnp.PyArray_DIMS(<cnp.ndarray>h)[cnp.PyArray_NDIM(<cnp.ndarray>h) - 1]
+    expect(isinstance(offs, cnp.ndarray) and cnp.PyArray_NDIM(<cnp.ndarray>offs) == 2
+           and cnp.PyArray_DIMS(<cnp.ndarray>offs)[1] == 3, "offs")
+    cdef Py_ssize_t L = cnp.PyArray_DIMS(<cnp.ndarray>offs)[0]
+    cdef const Py_ssize_t* poffs = <const Py_ssize_t*>array_data(offs, "offs", cnp.NPY_INTP,
+                                                                 3 * L, False)
+    cdef Py_ssize_t B, x_id = 0, ld, need, i, K = 0, n_flat
+    cdef const Py_ssize_t* pxi = NULL
+    cdef const char* pxf = NULL
     expect((xf is None) != (xi is None), "exactly one of xf, xi")
-    expect(xf is None or (xf.shape[0] == B and xf.shape[1] == D), "xf")
-    expect(xi is None or xi.shape[0] == B, "xi")
-    cdef Py_ssize_t ld, need
+    if xi is not None and isinstance(xi, int):
+        x_id = xi
+        B = 1
+        pxi = &x_id
+    elif xi is not None:
+        expect(isinstance(xi, cnp.ndarray) and cnp.PyArray_NDIM(<cnp.ndarray>xi) == 1, "xi")
+        B = cnp.PyArray_DIMS(<cnp.ndarray>xi)[0]
+        pxi = <const Py_ssize_t*>array_data(xi, "xi", cnp.NPY_INTP, B, False)
+    else:
+        expect(isinstance(xf, cnp.ndarray) and cnp.PyArray_NDIM(<cnp.ndarray>xf) == 2, "xf")
+        B = cnp.PyArray_DIMS(<cnp.ndarray>xf)[0]
+        pxf = array_data(xf, "xf", t, B * D, False)
+    if pxi != NULL:
+        for i in range(B):
+            expect(0 <= pxi[i] < D, "xi ids in [0, D)")
+    expect(L >= 1 and B >= 1 and H >= 1 and D >= 1 and (batched or B == 1), "h, offs, x")
+    cdef const char* ph = array_data(h, "h", t, L * B * H, False)
+    expect(isinstance(flat, cnp.ndarray), "flat")
+    n_flat = cnp.PyArray_SIZE(<cnp.ndarray>flat)
+    cdef const char* pflat = array_data(flat, "flat", t, n_flat, False)
     for ld in range(L):
-        need = max(offs[ld, 0] + H * (D if ld == 0 else H), offs[ld, 1] + H * H, offs[ld, 2] + H)
-        expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and need <= flat.shape[0], "offs")
-    cdef int K = 0
+        need = max(poffs[3 * ld] + H * (D if ld == 0 else H), poffs[3 * ld + 1] + H * H,
+                   poffs[3 * ld + 2] + H)
+        expect(poffs[3 * ld] >= 0 and poffs[3 * ld + 1] >= 0 and poffs[3 * ld + 2] >= -1
+               and need <= n_flat, "offs beyond flat")
+    cdef const char* pV = NULL
+    cdef const char* pc = NULL
     if V is not None:
-        K = V.shape[0]
-        expect(V.shape[1] == H and Z is not None and Z.shape[0] == B and Z.shape[1] == K
-               and (c is None or c.shape[0] == K), "V, c, Z")
-    cdef const floating* pxf = ptr2(xf)
-    cdef const Py_ssize_t* pxi = iptr(xi)
-    cdef const floating* ph = &h[0, 0, 0]
-    cdef floating* pout = &h_out[0, 0, 0]
-    cdef const floating* pflat = &flat[0]
-    cdef const Py_ssize_t* poffs = &offs[0, 0]
-    cdef const floating* pV = ptr2(V)
-    cdef const floating* pc = ptr1(c)
-    cdef floating* pZ = <floating*>ptr2(Z) if V is not None else NULL
-    with nogil:
-        stack_step(pxf, pxi, ph, pout, pflat, poffs, <int>B, D, <int>H, <int>L, relu)
-        if pV != NULL:
-            output_forward(pZ, pout + (L - 1) * B * H, <const floating*>NULL, pV, pc, B,
-                           <int>H, K, 1)
-            softmax_loss(pZ, <const Py_ssize_t*>NULL, <const floating*>NULL,
-                         <const Py_ssize_t*>NULL, B, <int>B, K, 0, 1, PROBS)
+        expect(isinstance(V, cnp.ndarray) and cnp.PyArray_NDIM(<cnp.ndarray>V) == 2, "V")
+        K = cnp.PyArray_DIMS(<cnp.ndarray>V)[0]
+        pV = array_data(V, "V", t, K * H, False)
+        expect(cnp.PyArray_DIMS(<cnp.ndarray>V)[1] == H and K >= 1, "V")
+        if c is not None:
+            pc = array_data(c, "c", t, K, False)
+    # the results: h_out (L, B, H) or (L, H), Z (B, K) or (K,)
+    cdef cnp.npy_intp dims[3]
+    dims[0] = L
+    dims[1] = B if batched else H
+    dims[2] = H
+    h_out = cnp.PyArray_EMPTY(3 if batched else 2, dims, t, 0)
+    cdef char* pout = <char*>cnp.PyArray_DATA(<cnp.ndarray>h_out)
+    Z = None
+    cdef char* pZ = NULL
+    if pV != NULL:
+        dims[0] = B if batched else K
+        dims[1] = K
+        Z = cnp.PyArray_EMPTY(2 if batched else 1, dims, t, 0)
+        pZ = <char*>cnp.PyArray_DATA(<cnp.ndarray>Z)
+    if t == cnp.NPY_FLOAT32:
+        with nogil:
+            run_step(<const float*>pxf, pxi, <const float*>ph, <float*>pout,
+                     <const float*>pflat, poffs, <const float*>pV, <const float*>pc,
+                     <float*>pZ, <int>B, D, <int>H, <int>L, <int>K, relu)
+    else:
+        with nogil:
+            run_step(<const double*>pxf, pxi, <const double*>ph, <double*>pout,
+                     <const double*>pflat, poffs, <const double*>pV, <const double*>pc,
+                     <double*>pZ, <int>B, D, <int>H, <int>L, <int>K, relu)
+    return h_out, Z

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import rnn_ext
+from rnn_ext import _kernels
 
 TOL = {np.float32: 2e-6, np.float64: 1e-14}
 
@@ -67,3 +68,64 @@ def test_step_bad_input():
     keep = h.copy()
     m.step(1, h)
     np.testing.assert_array_equal(h, keep)   # the carried state is not modified
+
+
+@pytest.mark.parametrize("L", [1, 2])
+def test_every_spelling_of_an_id_and_a_state_gives_the_same_step(L):
+    m = rnn_ext.RNN(5, 6, 4, num_layers=L, seed=3)
+    h = np.random.default_rng(0).normal(size=(L, 6)).astype(np.float32)
+    want_h, want_p = m.step(np.array([2]), h[:, None])
+    spellings = [(2, h), (np.int64(2), h), (np.uint8(2), h), (np.array(2), h),
+                 (2, h.astype(np.float64)), (2, np.asfortranarray(h)), (2, h.tolist())]
+    if L == 1:
+        spellings.append((2, h[0]))
+    for x_t, state in spellings:
+        h1, p1 = m.step(x_t, state)
+        assert h1.shape == (L, 6) and p1.shape == (4,) and h1.dtype == p1.dtype == np.float32
+        np.testing.assert_array_equal(h1, want_h[:, 0])
+        np.testing.assert_array_equal(p1, want_p[0])
+        np.testing.assert_array_equal(m.layer.step(x_t, state), want_h[:, 0])
+    # what comes back is new memory, never a view of the state passed in
+    h1, p1 = m.step(2, h)
+    assert h1.flags.owndata and p1.flags.owndata and h1.flags.writeable
+
+
+def test_step_refuses_bad_ids_of_every_kind():
+    m = rnn_ext.RNN(5, 6, 4, seed=0)
+    for bad in (5, -1, np.int64(7), 10**30):
+        with pytest.raises(ValueError, match=r"x_t id must be in \[0, 5\)"):
+            m.step(bad)
+    with pytest.raises(TypeError):
+        m.step(True)
+    with pytest.raises(ValueError, match=r"h must have shape \(1, 6\)"):
+        m.step(1, np.zeros((1, 1, 6), np.float32))
+
+
+def test_step_pass_guards_its_buffers():
+    """The compiled entry point trusts validated input, but a caller that bypassed
+    the validation gets a ValueError, not a read out of bounds."""
+    m = rnn_ext.RNN(5, 6, 4, num_layers=2, seed=0)
+    flat, offs = m.layer.flat, m._offs
+    V, c = m.head.params["V"], m.head.params["c"]
+    h = np.zeros((2, 6), np.float32)
+
+    def call(h=h, xf=None, xi=1, flat=flat, offs=offs, D=5, V=V, c=c, batched=False):
+        return _kernels.step_pass(h, xf, xi, flat, offs, D, False, V, c, batched)
+
+    h1, p1 = call()  # the well-formed call runs
+    assert h1.shape == (2, 6) and p1.shape == (4,) and h1.dtype == p1.dtype == np.float32
+    h1, p1 = call(h=np.zeros((2, 3, 6), np.float32), xi=np.array([0, 1, 4]), batched=True)
+    assert h1.shape == (2, 3, 6) and p1.shape == (3, 4)
+    assert call(V=None, c=None)[1] is None
+    for kwargs in [dict(h=h.astype(np.float64)), dict(h=np.zeros((2, 7), np.float32)),
+                   dict(h=np.zeros((12, 2), np.float32).T), dict(h=h.tolist()),
+                   dict(xi=5), dict(xi=-1), dict(xi=None), dict(xi=np.int64(1)),
+                   dict(xi=np.array([0, 9], dtype=np.intp), batched=True),
+                   dict(xi=np.array([0, 1], dtype=np.intp)),  # B = 2 unbatched
+                   dict(xi=np.array([0, 1], dtype=np.int32), batched=True),
+                   dict(xf=np.zeros((1, 5)), xi=None), dict(flat=flat[:-1]),
+                   dict(flat=flat.astype(np.float64)), dict(offs=offs[:1]),
+                   dict(offs=offs.astype(np.int32)), dict(D=40), dict(V=V[:, :5]),
+                   dict(V=np.asfortranarray(V)), dict(c=c[:3])]:
+        with pytest.raises(ValueError, match="rnn_ext._kernels"):
+            call(**kwargs)

@@ -1,9 +1,14 @@
 """Vocabulary, batching into parallel streams, chunking, and sampling."""
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 
-from rnn_ext import RNN
+import rnn_ext
+import rnn_ext.text
+from rnn_ext import RNN, _sample
 from rnn_ext.text import Vocab, batchify, default_corpus, iter_chunks, num_chunks, sample
 
 TEXT = "hello world, the quick brown fox\njumps over the lazy dog.\n" * 3
@@ -295,3 +300,151 @@ def test_sample_refuses_a_bidirectional_model():
     v = Vocab.from_text(TEXT)
     with pytest.raises(ValueError, match="bidirectional"):
         sample(RNN(len(v), 4, len(v), bidirectional=True, seed=0), v, length=3)
+
+
+# -- the compiled loop against the rule written out ------------------------------------
+
+
+def reference_sample(m, v, prime, length, temperature=1.0, top_k=None, rng=None):
+    """The sampling rule in plain Python, one character at a time (slow, obviously right).
+
+    The state is carried by a one-step forward pass.  From the top layer's state h:
+    z = V h + c in float64 (h widened from the model's dtype); temperature 0 takes the
+    first maximum of z; otherwise s = z - max z, only the top_k largest s stay (a stable
+    sort decides: ties at the cut go to the lower id), p_i = exp(s_i / temperature), and
+    the id is the first whose running sum of p exceeds u * sum(p), for one uniform u
+    per character (the last id with p > 0 if none does).
+    """
+    K = len(v)
+    V = m.V.astype(np.float64)
+    c = np.zeros(K) if m.c is None else m.c.astype(np.float64)
+    h_n = m.forward(v.encode(prime)[:, None]).h_n
+    ids = []
+    for i in range(length):
+        z = [float(a) for a in (h_n[-1].astype(np.float64) @ V.T + c)[0]]
+        if temperature == 0:
+            nxt = max(range(K), key=lambda j: (z[j], -j))
+        else:
+            top = max(z)
+            s = [a - top for a in z]
+            kept = set(sorted(range(K), key=lambda j: (-s[j], j))[: top_k or K])
+            p = [math.exp(s[j] / temperature) if j in kept else 0.0 for j in range(K)]
+            cdf = list(itertools.accumulate(p))
+            x = rng.random() * cdf[-1]
+            nxt = next((j for j in range(K) if cdf[j] > x), None)
+            if nxt is None:
+                nxt = max(j for j in range(K) if p[j] > 0)
+        ids.append(nxt)
+        if i + 1 < length:
+            h_n = m.forward(np.array([[nxt]]), h0=h_n).h_n
+    return v.decode(ids)
+
+
+@pytest.fixture(scope="module", params=[(np.float32, 1, "tanh"), (np.float64, 1, "tanh"),
+                                        (np.float32, 3, "tanh"), (np.float64, 2, "relu")],
+                ids=lambda p: f"{p[0].__name__}-L{p[1]}-{p[2]}")
+def ref_model(request):
+    dtype, num_layers, nonlinearity = request.param
+    v = Vocab.from_text(TEXT)
+    m = rnn_ext.RNN(len(v), 12, len(v), num_layers=num_layers, nonlinearity=nonlinearity,
+                    dtype=dtype, seed=num_layers)
+    m.set_params({"V": m.V * 3})  # peaked enough that the temperature matters
+    return m, v
+
+
+@pytest.mark.parametrize("temperature", [0, 0.3, 1.0, 3.0])
+@pytest.mark.parametrize("top_k", [None, 1, 4, 20])
+def test_sample_equals_the_rule_written_out(ref_model, temperature, top_k):
+    m, v = ref_model
+    for seed in range(3):
+        got = sample(m, v, prime="the ", length=60, temperature=temperature, top_k=top_k, seed=seed)
+        want = reference_sample(m, v, "the ", 60, temperature, top_k, np.random.default_rng(seed))
+        assert got == want, (seed, got, want)
+
+
+@pytest.mark.parametrize("logits", [[1.0, 2.0, 2.0, 0.0, 2.0, 1.0, 2.0, 0.0],
+                                    [0.0] * 7,
+                                    [3.0, -1.0, 3.0, 3.0, -1.0, 0.5, -1.0, 3.0, 0.5],
+                                    # 40 entries in 6 runs of ties: top_k up to 16 and above
+                                    # are selected by different code
+                                    [float(i * 7 % 6) for i in range(40)]])
+def test_sample_top_k_cuts_through_ties_like_the_rule(logits):
+    """Every cut position through runs of equal logits (V = 0, so z = c at every step)."""
+    m, v = fixed_distribution_model(logits)
+    for top_k in range(1, len(logits) + 1):
+        for temperature in (0.7, 50.0):
+            got = sample(m, v, length=300, temperature=temperature, top_k=top_k, seed=top_k)
+            want = reference_sample(m, v, "a", 300, temperature, top_k,
+                                    np.random.default_rng(top_k))
+            assert got == want, (top_k, temperature)
+            kept = sorted(range(len(logits)), key=lambda j: (-logits[j], j))[:top_k]
+            assert set(v.encode(got)) <= set(kept)
+
+
+def draw_one(logits, u, top_k=0, temperature=1.0):
+    """One id drawn by the compiled loop for the uniform u (V = 0, so z = c)."""
+    m, _ = fixed_distribution_model(logits)
+    flat, offs, V, c = m._generation_params()
+    out = np.empty(1, dtype=np.intp)
+    h = np.zeros((1, 1, m.hidden_size))
+    assert _sample.generate(h, flat, offs, len(logits), False, V, c, temperature, top_k,
+                            np.array([u]), out, False) == -1
+    return int(out[0])
+
+
+def test_draw_at_the_ends_of_the_unit_interval():
+    """u = 0 (rng.random() can return it) draws the first id with p > 0, never one that
+    top_k removed.  u * cdf[-1] == cdf[-1] (not reachable with u < 1 in IEEE arithmetic,
+    but the rule says what happens): no cdf entry exceeds it, and the last id with p > 0
+    is drawn, again never one that top_k removed."""
+    assert draw_one([-1.0, 0.0, 0.0], 0.0, top_k=2) == 1
+    assert draw_one([-1.0, 0.0, 0.0], 0.0) == 0
+    assert draw_one([0.0, 0.0, 0.0, -1.0, -1.0], 1.0, top_k=3) == 2
+    assert draw_one([0.0, 0.0, 0.0, -1.0, -1.0], 1.0) == 4
+    assert draw_one([0.0, 0.0, 0.0, -1.0, -1.0], np.nextafter(1.0, 0.0), top_k=3) == 2
+
+
+def test_sample_chunks_continue_each_other(ref_model, monkeypatch):
+    m, v = ref_model
+    whole = [sample(m, v, prime="a", length=50, temperature=t, seed=1) for t in (0, 1.0)]
+    monkeypatch.setattr(rnn_ext.text, "_CHUNK", 7)
+    assert [sample(m, v, prime="a", length=50, temperature=t, seed=1) for t in (0, 1.0)] == whole
+
+
+def test_sample_draws_one_uniform_per_character(model_and_vocab):
+    m, v = model_and_vocab
+    g = np.random.default_rng(5)
+    sample(m, v, length=40, temperature=1.0, seed=g)
+    assert g.random() == np.random.default_rng(5).random(41)[-1]
+    g = np.random.default_rng(5)
+    sample(m, v, length=40, temperature=0, seed=g)  # greedy draws nothing
+    assert g.random() == np.random.default_rng(5).random()
+
+
+@pytest.mark.parametrize("bitgen", [np.random.MT19937, np.random.Philox, np.random.SFC64])
+def test_sample_with_any_bit_generator(model_and_vocab, bitgen):
+    m, v = model_and_vocab
+    got = sample(m, v, prime="fox", length=80, top_k=5, seed=np.random.Generator(bitgen(7)))
+    want = reference_sample(m, v, "fox", 80, 1.0, 5, np.random.Generator(bitgen(7)))
+    assert got == want
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_sample_refuses_a_state_that_overflows(temperature):
+    """relu with huge recurrent weights: h = 2, then 8e20, then inf.  The step from an
+    infinite state is refused, as forward and step refuse such an h0."""
+    v = Vocab("abcd")
+    m = rnn_ext.RNN(4, 4, 4, nonlinearity="relu", seed=0)
+    m.set_params({"U": np.ones((4, 4)), "W": np.full((4, 4), 1e20), "b": np.ones(4)})
+    assert len(sample(m, v, prime="a", length=2, temperature=temperature, seed=0)) == 2
+    with pytest.raises(ValueError, match="overflowed.*at character 2 of the sample"):
+        sample(m, v, prime="a", length=5, temperature=temperature, seed=0)
+
+
+def test_sample_reads_a_coherent_copy_of_the_parameters(model_and_vocab):
+    m, v = model_and_vocab
+    flat, offs, V, c = m._generation_params()
+    assert V.dtype == np.float64 and V.flags.c_contiguous and c.dtype == np.float64
+    np.testing.assert_array_equal(V, m.V)
+    np.testing.assert_array_equal(flat, m.layer.flat)
+    assert not np.shares_memory(flat, m.flat) and not np.shares_memory(V, m.flat)
