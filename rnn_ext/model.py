@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import weakref
 from typing import Any
 
 import numpy as np
@@ -45,12 +44,9 @@ _FORWARD, _LOSS, _GRAD_V, _FULL = _kernels.FORWARD, _kernels.LOSS, _kernels.GRAD
 # The seed's letters for a one-layer, one-direction model, and their names in the layer.
 _LEGACY = {"U": "U_l0", "W": "W_l0", "b": "b_l0"}
 _INTP, _F32 = np.dtype(np.intp), np.dtype(np.float32)
-# The short path of loss_and_grad (RNN._short_full): passes up to this size,
-# T*B*max(D, H, K), whose buffers are a few MB at most.  Each float32 model's
-# bound parameters (_kernels.FastPass) are kept beside it, not in it, so that
-# copying a model never copies them.
+# The short path (RNN._short): passes up to this size, T*B*max(D, H, K), whose
+# buffers are a few MB at most.
 _SHORT_MAX = 1 << 22
-_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LEGACY_ORDER = ("U", "W", "V", "b", "c")
 
 class RNN:
@@ -139,10 +135,18 @@ class RNN:
         self._offs = layer_offsets(self.layer._layout, self.num_layers, dirs)
         self._legacy = self.num_layers == 1 and dirs == 1
         self._version = 0
+        # the short path's bound parameters (_kernels.FastPass), made on first use;
+        # never copied with the model (__getstate__): a copy binds its own arrays
+        self._fast: Any = None
         self._views: dict[str, np.ndarray] = {}
         self._refresh_views()
         self.batch_first = batch_first
         self.vocab = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fast"] = None
+        return state
 
     # -- configuration --------------------------------------------------------
 
@@ -608,9 +612,9 @@ class RNN:
         version = self._version
         if version % 2:
             return None  # an assignment is in progress
-        fast = _FAST.get(self)
+        fast = self._fast
         if fast is None:
-            fast = _FAST[self] = _kernels.FastPass(
+            fast = self._fast = _kernels.FastPass(
                 self.layer._flat, self._offs, D, H, self.head._params["V"],
                 self.head._params.get("c"), s.relu)
         ctx, packed, n = pass_plan(s, T, B, K)
