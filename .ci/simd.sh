@@ -40,9 +40,10 @@ echo "paths supported here: ${paths[*]}; automatic choice: $auto"
 [[ " ${paths[*]} " == *" portable "* ]] || die "portable is not among the paths"
 
 for p in "${paths[@]}"; do
-    log "tests/test_wsr.py with RNN_EXT_SIMD=$p"
+    log "tests/test_wsr.py, test_pool_threads.py, test_short_path.py with RNN_EXT_SIMD=$p"
     (cd "$(mktemp -d)" && RNN_EXT_SIMD="$p" PYTHONPATH="$ROOT/.ci" "$venv/bin/python" -m pytest \
-        -p pytest_installed -p no:cacheprovider -q "$ROOT/tests/test_wsr.py")
+        -p pytest_installed -p no:cacheprovider -q "$ROOT/tests/test_wsr.py" \
+        "$ROOT/tests/test_pool_threads.py" "$ROOT/tests/test_short_path.py")
 done
 
 log "an unknown or unsupported RNN_EXT_SIMD is ignored"
