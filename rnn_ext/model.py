@@ -394,13 +394,8 @@ class RNN:
         for attempt in range(2):
             version = self._version
             if attempt == 1:
-                # the first attempt overlapped an assignment: run on a copy taken
-                # while none is in progress (copies hold the GIL, assignments too)
-                while True:
-                    version = self._version
-                    copy = self._flat.copy()
-                    if version % 2 == 0 and self._version == version:
-                        break
+                # the first attempt overlapped an assignment: run on a copy
+                version, copy = self._coherent_copy()
                 n_layer = self.layer._layout.size
                 flat = copy[:n_layer]
                 hv = self._head_layout.views(copy[n_layer:])
@@ -444,17 +439,22 @@ class RNN:
         return _kernels.step_pass(h0, xf, xi, self.layer._flat, self._offs, s.D, s.relu,
                                   params["V"], params.get("c"), batched)
 
+    def _coherent_copy(self) -> tuple[int, np.ndarray]:
+        """(version, a copy of flat) taken while no assignment is in progress
+        (copies hold the GIL, assignments too), so no half-done one is in it."""
+        while True:
+            version = self._version
+            copy = self._flat.copy()
+            if version % 2 == 0 and self._version == version:
+                return version, copy
+
     def _generation_params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(flat, offs, V, c) for a generation loop that runs for long without the
         GIL (rnn_ext.text.sample): the layer's parameters and their offsets as
         step takes them, then V (K, H) and c (K,) widened to float64 (the logits
         are computed in float64), all copies taken while no assignment is in
         progress, so the loop never sees one half done."""
-        while True:
-            version = self._version
-            copy = self._flat.copy()
-            if version % 2 == 0 and self._version == version:
-                break
+        _, copy = self._coherent_copy()
         n_layer = self.layer._layout.size
         head = self._head_layout.views(copy[n_layer:])
         c = head.get("c")
