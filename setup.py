@@ -66,7 +66,7 @@ extensions = [
         ["src/_kernels.pyx", *WSR_SOURCES],
         include_dirs=["src", NUMPY_INCLUDE],
         depends=["src/wsr.h", "src/wsr_internal.h", "src/_recurrence.pxd", "src/_output.pxd",
-                 "src/_pgemm.pxd",
+                 "src/_pgemm.pxd", "src/_pcols.pxd",
                  "src/_elementwise.pxd", "src/_blas.pxd", "src/_fastmath.h"],
         define_macros=[("RNN_EXT_DEBUG", "1" if DEBUG else "0"), *NUMPY_MACROS],
         extra_compile_args=compile_args + wsr_link_args,

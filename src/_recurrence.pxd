@@ -24,6 +24,7 @@ from libc.stddef cimport ptrdiff_t
 
 from _blas cimport gemm, gemv
 from _pgemm cimport pgemm
+from _pcols cimport pcolumn_sums, pgather, pscatter, ptranspose
 from _elementwise cimport activate, activate_backward, add_row, column_sums, transpose
 
 
@@ -163,6 +164,7 @@ cdef inline void stack_forward(floating* hs, const floating* xf, const Py_ssize_
     cdef floating* A
     cdef floating* X
     cdef floating beta
+    cdef bint pooled
     for k in range(L):
         for d in range(dirs):
             ld = k * dirs + d
@@ -172,11 +174,18 @@ cdef inline void stack_forward(floating* hs, const floating* xf, const Py_ssize_
             h = hs + ld * S
             A = state_rows(h, B, H, d)
             # the input projection, all T*B rows at once: A = X @ U.T + b
-            if b != NULL:
+            pooled = floating is float and nthreads > 1 and k == 0 and xi != NULL and UT != NULL
+            if pooled:
+                # the gather below, split by columns on the pool: the same bits (_pcols.pxd)
+                ptranspose(<float*>UT, <const float*>U, H, D, nthreads)
+                pgather(<float*>A, <const float*>UT, <const float*>b, xi, TB, H, nthreads)
+            elif b != NULL:
                 for r in range(TB):
                     memcpy(A + r * H, b, H * sizeof(floating))
             beta = 1 if b != NULL else 0
-            if k == 0 and xi != NULL:
+            if pooled:
+                pass
+            elif k == 0 and xi != NULL:
                 # an id i stands for the one-hot e_i, so U x_t is column i of U
                 if UT != NULL:
                     transpose(UT, U, H, D)
@@ -285,7 +294,11 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                   0, dW, H)
             if offs[3 * ld + 2] >= 0:
                 # eq. (6): db = Σ_t δ_t
-                column_sums(dflat + offs[3 * ld + 2], dl, TB, H)
+                if floating is float and nthreads > 1:
+                    pcolumn_sums(<float*>dflat + offs[3 * ld + 2], <const float*>dl, TB, H,
+                                 nthreads)
+                else:
+                    column_sums(dflat + offs[3 * ld + 2], dl, TB, H)
             # each sequence's first step in this direction's order: t = 0
             # forward, its last valid step reverse; its predecessor is h0
             if d == 0:
@@ -313,7 +326,10 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
             # eq. (6): dU = δ.T @ X
             if k == 0 and xi != NULL:
                 # an id's one-hot column: dU[:, i] += δ row, scattered
-                if dUT != NULL:
+                if floating is float and nthreads > 1 and dUT != NULL:
+                    # the same, split by columns on the pool: the same bits (_pcols.pxd)
+                    pscatter(<float*>dU, <float*>dUT, <const float*>dl, xi, TB, H, D, nthreads)
+                elif dUT != NULL:
                     memset(dUT, 0, <Py_ssize_t>D * H * sizeof(floating))
                     for r in range(TB):
                         add_row(dUT + xi[r] * H, dl + r * H, H)
