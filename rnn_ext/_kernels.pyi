@@ -8,6 +8,7 @@ from typing import overload
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 _F = npt.NDArray[np.floating]
 _I = npt.NDArray[np.intp]
@@ -61,6 +62,7 @@ def model_pass(
     dX: _F | None, packed: _F | None = ..., nthreads: int = ...,
 ) -> float: ...
 
+@disjoint_base
 class FastPass:
     def __init__(
         self, flat: _F, offs: _I, D: int, H: int, V: _F, c: _F | None, relu: bool,
