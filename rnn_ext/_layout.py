@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -62,14 +63,16 @@ class Layout:
         """{name: view of flat}, in layout order."""
         if flat.shape != (self.size,):
             raise ValueError(f"flat buffer must have shape ({self.size},), got {flat.shape}")
-        spans = self.__dict__.get("_spans")
-        if spans is None:  # computed once: this runs for every gradient
-            spans = tuple((name, slice(at, at + n), None if len(shape) == 1 else shape)
-                          for name, shape, at, n in zip(self.names, self.shapes, self.offsets,
-                                                        self.sizes))
-            object.__setattr__(self, "_spans", spans)
         return {name: flat[span] if shape is None else flat[span].reshape(shape)
-                for name, span, shape in spans}
+                for name, span, shape in self._spans}
+
+    @cached_property
+    def _spans(self) -> tuple[tuple[str, slice, tuple[int, ...] | None], ...]:
+        """(name, slice of flat, shape or None for 1-D) of each parameter, computed
+        once: views() runs for every gradient."""
+        return tuple((name, slice(at, at + n), None if len(shape) == 1 else shape)
+                     for name, shape, at, n in zip(self.names, self.shapes, self.offsets,
+                                                   self.sizes))
 
 
 def recurrent_layout(input_size: int, hidden_size: int, num_layers: int,

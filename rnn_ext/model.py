@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from . import _kernels, torch_interop
 from ._layout import Layout, head_layout, init_uniform, layer_offsets, recurrent_layout
 from ._results import ForwardResult, Gradients
 from ._validation import (
+    _INTP,
     Batch,
     check_batch,
     check_dtype,
@@ -24,6 +26,7 @@ from ._validation import (
 )
 from .heads import Softmax
 from .recurrent import (
+    _F32,
     Recurrent,
     backward_buffers,
     dropout_masks,
@@ -43,7 +46,6 @@ _FORWARD, _LOSS, _GRAD_V, _FULL = _kernels.FORWARD, _kernels.LOSS, _kernels.GRAD
 
 # The seed's letters for a one-layer, one-direction model, and their names in the layer.
 _LEGACY = {"U": "U_l0", "W": "W_l0", "b": "b_l0"}
-_INTP, _F32 = np.dtype(np.intp), np.dtype(np.float32)
 # The short path (RNN._short): passes up to this size, T*B*max(D, H, K), whose
 # buffers are a few MB at most.
 _SHORT_MAX = 1 << 22
@@ -214,13 +216,10 @@ class RNN:
             return [n for n in _LEGACY_ORDER if n in ("U", "W", "V") or self.bias]
         return [n for n in self._layout.names]
 
+    @cached_property
     def _grad_keys(self) -> tuple[tuple[str, str], ...]:
         """(name, layout name) of every parameter, computed once (both are fixed)."""
-        keys = self.__dict__.get("_grad_keys_cache")
-        if keys is None:
-            keys = tuple((n, _LEGACY.get(n, n) if self._legacy else n) for n in self._names())
-            self.__dict__["_grad_keys_cache"] = keys
-        return keys
+        return tuple((n, _LEGACY.get(n, n) if self._legacy else n) for n in self._names())
 
     def _refresh_views(self, only: str | None = None) -> None:
         flat_views = self._layout.views(self._flat)
@@ -387,8 +386,8 @@ class RNN:
         s = self.layer._stack
         flat = self.layer._flat
         V, c = self.head._params["V"], self.head._params.get("c")
-        WT, UT = scratch(s, batch)
         ctx, packed, n = pass_plan(s, batch.T, batch.B, self.output_size)
+        WT, UT = scratch(s, batch.T, batch.B, batch.xi is not None, packed is not None)
         g = g or {}
         dV, dc = g.get("V"), g.get("c")
         for attempt in range(2):
@@ -554,22 +553,21 @@ class RNN:
                 total, hs, _, dflat, named, dh0 = short
                 h_n = hs[:, hs.shape[1] - 1].copy()
                 L = h_n.shape[0]
-                grads = {name: named[key] for name, key in self._grad_keys()}
-                return float(total), Gradients(
-                    U=named["U_l0"], W=named["W_l0"], V=named["V"], b=named.get("b_l0"),
-                    c=named.get("c"), h0=dh0[0] if L == 1 else dh0, x=None,
-                    h_last=h_n[L - 1], h_n=h_n, flat=dflat, named=grads)
+                return float(total), self._gradients(dflat, named, dh0[0] if L == 1 else dh0,
+                                                     None, h_n[L - 1], h_n)
         loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index,
                                        train, seed)
-        dflat, named = g["dflat"], g["named"]
-        grads = {n: named[key] for n, key in self._grad_keys()}
         dx = self._sequence(g["x"], batch) if g["x"] is not None else None
         h_n = final_states(self.layer._stack, hs, batch)
-        return loss, Gradients(U=named["U_l0"], W=named["W_l0"], V=named["V"],
-                               b=named.get("b_l0"), c=named.get("c"),
-                               h0=self._dh0(g["h0"], batch, h0), x=dx,
-                               h_last=self._h_last(h_n, batch), h_n=self._h_n(h_n, batch),
-                               flat=dflat, named=grads)
+        return loss, self._gradients(g["dflat"], g["named"], self._dh0(g["h0"], batch, h0), dx,
+                                     self._h_last(h_n, batch), self._h_n(h_n, batch))
+
+    def _gradients(self, dflat: np.ndarray, named: dict[str, np.ndarray], dh0: np.ndarray,
+                   dx: np.ndarray | None, h_last: np.ndarray, h_n: np.ndarray) -> Gradients:
+        """loss_and_grad's result from the gradient buffer and its named views."""
+        return Gradients(U=named["U_l0"], W=named["W_l0"], V=named["V"], b=named.get("b_l0"),
+                         c=named.get("c"), h0=dh0, x=dx, h_last=h_last, h_n=h_n, flat=dflat,
+                         named={n: named[key] for n, key in self._grad_keys})
 
     def _short(self, what: int, x: Any, y: Any) -> tuple | None:
         """One pass by the short path, or None to take the general one.
@@ -622,8 +620,7 @@ class RNN:
         hs[:, 0] = 0
         TB = T * B
         Z = np.empty((TB, K), dtype=_F32)
-        UT = np.empty((D, H), dtype=_F32) if TB >= D else None
-        WT = np.empty((H, H), dtype=_F32) if B > 1 and packed is None else None
+        WT, UT = scratch(s, T, B, True, packed is not None)
         dflat = named = dh0 = None
         if what == _FULL:
             dflat = np.empty(self._layout.size, dtype=_F32)

@@ -73,13 +73,19 @@ def states(s: Stack, batch: Batch) -> np.ndarray:
     return hs
 
 
-def scratch(s: Stack, batch: Batch) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(WT, UT): W.T for the recurrence when B > 1 (no-transpose GEMMs are the
-    fast ones at small B), U.T when gathering ids from its rows beats strided
-    columns (once the rows outnumber the columns to transpose)."""
-    WT = np.empty((s.H, s.H), dtype=s.dtype) if batch.B > 1 else None
-    UT = (np.empty((s.D, s.H), dtype=s.dtype)
-          if batch.xi is not None and batch.T * batch.B >= s.D else None)
+def via_UT(s: Stack, T: int, B: int, ids: bool) -> bool:
+    """Whether ids are gathered from (and scattered into) U.T's rows, (D, H)
+    scratch, rather than U's strided columns: once the rows outnumber the
+    columns to transpose."""
+    return ids and T * B >= s.D
+
+
+def scratch(s: Stack, T: int, B: int, ids: bool,
+            packed: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(WT, UT): W.T for a GEMM per step when B > 1 (no-transpose GEMMs are the
+    fast ones at small B; the packed recurrence needs none), U.T as via_UT says."""
+    WT = np.empty((s.H, s.H), dtype=s.dtype) if B > 1 and not packed else None
+    UT = np.empty((s.D, s.H), dtype=s.dtype) if via_UT(s, T, B, ids) else None
     return WT, UT
 
 
@@ -151,8 +157,7 @@ def backward_buffers(s: Stack, batch: Batch, masks: np.ndarray | None, size: int
         "flat": np.empty(size, dtype=dt) if dflat is None else dflat,
         "x": np.empty((T * B, s.D), dtype=dt) if batch.xf is not None else None,
         "h0": np.empty((s.Ld, B, H), dtype=dt),
-        "UT": (np.empty((s.D, H), dtype=dt)
-               if batch.xi is not None and T * B >= s.D else None),
+        "UT": np.empty((s.D, H), dtype=dt) if via_UT(s, T, B, batch.xi is not None) else None,
         "G": np.empty((B, H), dtype=dt),
         "X": np.empty((T * B, s.dirs * H), dtype=dt) if masks is not None else None,
     }
@@ -385,9 +390,9 @@ class Recurrent:
         masks, xin = (dropout_masks(s, batch, self.dropout, check_seed(seed))
                       if train else (None, None))
         hs = states(s, batch)
-        WT, UT = scratch(s, batch)
         version = self._version
         ctx, packed, n = pass_plan(s, batch.T, batch.B, s.H * s.dirs)
+        WT, UT = scratch(s, batch.T, batch.B, batch.xi is not None, packed is not None)
         with ctx:
             _kernels.layer_forward(hs, batch.xf, batch.xi, self._flat, self._offs, s.D, s.dirs,
                                    masks, xin, WT, UT, batch.lengths, s.relu, packed, n)
