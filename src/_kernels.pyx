@@ -80,6 +80,20 @@ cdef inline const Py_ssize_t* iptr(const Py_ssize_t[::1] a) noexcept:
     return &a[0] if a is not None else NULL
 
 
+cdef int check_offs(const floating[::1] flat, const Py_ssize_t[:, ::1] offs, Py_ssize_t D,
+                    Py_ssize_t H, int dirs) except -1:
+    """offs (Ld, 3): each layer-direction's U (H, In), W (H, H), b (H,) (-1: none)
+    lie inside flat; In is D for layer 0, dirs*H above."""
+    cdef Py_ssize_t ld, In, need
+    expect(offs.shape[1] == 3, "offs")
+    for ld in range(offs.shape[0]):
+        In = D if ld < dirs else dirs * H
+        need = max(offs[ld, 0] + H * In, offs[ld, 1] + H * H, offs[ld, 2] + H)
+        expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and offs[ld, 2] >= -1
+               and need <= flat.shape[0], "offs beyond flat")
+    return 0
+
+
 cdef int check_stack(floating[:, :, :, ::1] hs, const floating[:, ::1] xf,
                      const Py_ssize_t[::1] xi, const floating[::1] flat,
                      const Py_ssize_t[:, ::1] offs, const floating[:, :, ::1] masks,
@@ -87,15 +101,11 @@ cdef int check_stack(floating[:, :, :, ::1] hs, const floating[:, ::1] xf,
                      int D, int dirs) except -1:
     """The shapes the layer's forward and backward share; hs is (Ld, T+1, B, H)."""
     cdef Py_ssize_t Ld = hs.shape[0], T = hs.shape[1] - 1, B = hs.shape[2], H = hs.shape[3]
-    cdef Py_ssize_t L = Ld // dirs, In, ld, need
+    cdef Py_ssize_t L = Ld // dirs
     expect(dirs in (1, 2) and Ld == L * dirs and L >= 1 and T >= 1 and B >= 1 and H >= 1
            and D >= 1, "hs, dirs")
-    expect(offs.shape[0] == Ld and offs.shape[1] == 3, "offs")
-    for ld in range(Ld):
-        In = D if ld < dirs else dirs * H
-        need = max(offs[ld, 0] + H * In, offs[ld, 1] + H * H, offs[ld, 2] + H)
-        expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and offs[ld, 2] >= -1
-               and need <= flat.shape[0], "offs beyond flat")
+    expect(offs.shape[0] == Ld, "offs")
+    check_offs(flat, offs, D, H, dirs)
     expect((xf is None) != (xi is None), "exactly one of xf, xi")
     expect(xf is None or (xf.shape[0] == T * B and xf.shape[1] == D), "xf")
     expect(xi is None or xi.shape[0] == T * B, "xi")
@@ -460,13 +470,9 @@ cdef class FastPass:
 
     def __init__(self, const float[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
                  int D, int H, const float[:, ::1] V not None, const float[::1] c, bint relu):
-        cdef Py_ssize_t Ld = offs.shape[0], ld, In, need
-        expect(D >= 1 and H >= 1 and Ld >= 1 and offs.shape[1] == 3, "offs")
-        for ld in range(Ld):
-            In = D if ld == 0 else H
-            need = max(offs[ld, 0] + H * In, offs[ld, 1] + H * H, offs[ld, 2] + H)
-            expect(offs[ld, 0] >= 0 and offs[ld, 1] >= 0 and offs[ld, 2] >= -1
-                   and need <= flat.shape[0], "offs beyond flat")
+        cdef Py_ssize_t Ld = offs.shape[0]
+        expect(D >= 1 and H >= 1 and Ld >= 1, "offs")
+        check_offs(flat, offs, D, H, 1)
         expect(V.shape[1] == H and (c is None or c.shape[0] == V.shape[0]), "V, c")
         self.flat, self.offs, self.V, self.c = flat, offs, V, c
         self.D, self.H, self.L, self.K = D, H, <int>Ld, <int>V.shape[0]
