@@ -615,7 +615,8 @@ static int pool_grow(int want) {
 }
 
 static void run(wsr_job* job, int nthreads) {
-    int n = nthreads < job->npanels ? nthreads : job->npanels;
+    /* a recurrence gives each thread at least one panel; a task splits itself */
+    int n = job->task == NULL && job->npanels < nthreads ? job->npanels : nthreads;
     if (n > WSR_MAX_THREADS) n = WSR_MAX_THREADS;
     if (n <= 1 || !atomic_cas(&g_pool.busy, 0, 1)) {
         job->nthreads = 1;
@@ -641,7 +642,6 @@ void rnn_ext_parallel(rnn_ext_task_fn fn, void* ctx, int nthreads) {
     memset(&job, 0, sizeof job);
     job.task = fn;
     job.task_ctx = ctx;
-    job.npanels = nthreads > 1 ? nthreads : 1;
     run(&job, nthreads);
 }
 
