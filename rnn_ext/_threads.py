@@ -332,8 +332,9 @@ def pool_threads(T, B, D, H, K):
 
     Such a pass (float32, B >= 2: the weight-stationary recurrence) runs all
     its parallel work on the pool of ``src/wsr.c`` with ``n`` threads: the
-    recurrence with one barrier per step, the large products cut into row
-    blocks (``src/_pgemm.pxd``).  The BLAS runs on one thread meanwhile (the
+    recurrence with one barrier per step, the large products cut into the
+    same parts for every n (``src/_pgemm.pxd``), the row loops split by
+    columns (``src/_pcols.pxd``).  The BLAS runs on one thread meanwhile (the
     context manager): its own workers, spinning for a while after every
     multi-threaded call, would share the cores with the pool's.  ``n`` is
     the user's setting, or with none the BLAS's own count, or 1 for a small

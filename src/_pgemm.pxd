@@ -2,13 +2,15 @@
 #
 # A pass that runs its recurrence on the thread pool of src/wsr.c (n threads,
 # one barrier per step) runs its once-per-pass GEMMs (input projections, dW,
-# dU, the output layer) on the same pool, the BLAS itself at one thread: the
-# output rows (or columns) are cut into runs of whole 32-row blocks, one per
-# thread, and each thread calls the BLAS on its run.  So the pass's threads
-# are the pool's alone (a BLAS's own workers, spinning between calls, would
-# otherwise share the cores with the recurrence), and every output element is
-# the same single BLAS computation of one row of op(A) with one column of
-# op(B) whatever the thread count.  Cimported by the modules that link
+# dU, the output layer) on the same pool, the BLAS itself at one thread: C's
+# rows (or columns) are always cut into the same PGEMM_PARTS runs of whole
+# 32-row blocks, whatever n (also 1), and each part is one BLAS call on one
+# thread.  Always the same parts, because OpenBLAS's result for an element
+# depends on the shape of the call: a 32-row slice of a product differs in
+# the last bits from the same rows of the whole.  So the pass's threads are
+# the pool's alone (a BLAS's own workers, spinning between calls, would
+# otherwise share the cores with the recurrence), and the results are the
+# same bits for every thread count.  Cimported by the modules that link
 # src/wsr.c only.
 from cython cimport floating
 
