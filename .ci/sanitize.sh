@@ -52,7 +52,10 @@ CC="$CC" RNN_EXT_SANITIZE=1 RNN_EXT_DEBUG=1 "$venv/bin/python" -m pip install -q
 # (from outside the checkout, so the import cannot find the checkout's module)
 so="$(cd "$(mktemp -d)" && LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0 \
       "$venv/bin/python" -c 'import rnn_ext._kernels as k; print(k.__file__)')"
-ldd "$so" | grep -q libasan || die "$so is not linked against libasan: not a sanitized build"
+# (ldd's output is captured first: under pipefail, `ldd | grep -q` fails at
+# random when grep exits at the first match and ldd is killed by SIGPIPE)
+deps="$(ldd "$so")"
+grep -q libasan <<<"$deps" || die "$so is not linked against libasan: not a sanitized build"
 (cd "$(mktemp -d)" && LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0 "$venv/bin/python" -c "
 import rnn_ext._kernels as k
 assert k.DEBUG is True, f'_kernels.DEBUG is {k.DEBUG!r} in a RNN_EXT_DEBUG=1 build'

@@ -27,8 +27,9 @@ python "$ROOT/.ci/check_dist.py" "$dist"
 log "auditwheel show / repair"
 wheel="$(ls "$dist"/*.whl)"
 auditwheel show "$wheel" | tee "$CI_DIR/auditwheel-show.txt"
-tr -s ' \n' ' ' < "$CI_DIR/auditwheel-show.txt" \
-    | grep -Eq 'consistent with the following platform tag: "?manylinux_' \
+# (no `| grep -q` under pipefail: grep's early exit can kill the writer)
+shown="$(tr -s ' \n' ' ' < "$CI_DIR/auditwheel-show.txt")"
+grep -Eq 'consistent with the following platform tag: "?manylinux_' <<<"$shown" \
     || die "auditwheel show reports no manylinux tag"
 auditwheel repair --wheel-dir "$wheelhouse" "$wheel"
 repaired="$(ls "$wheelhouse"/*.whl)"
