@@ -20,6 +20,7 @@ FORWARD: int
 LOSS: int
 GRAD_V: int
 FULL: int
+SHORT_MAX: int
 
 SOFTMAX: int
 
@@ -66,11 +67,11 @@ def model_pass(
 class FastPass:
     def __init__(
         self, flat: _F, offs: _I, D: int, H: int, V: _F, c: _F | None, relu: bool,
+        n_grad: int, off_V: int, off_c: int,
     ) -> None: ...
     def run(
-        self, what: int, xi: _I, yi: _I | None, hs: _F, Z: _F, dflat: _F | None,
-        dV: _F | None, dc: _F | None, delta: _F | None, dh0: _F | None, G: _F | None,
-        UT: _F | None, dUT: _F | None, WT: _F | None, packed: _F | None, nthreads: int,
-    ) -> float: ...
+        self, what: int, x: _I, y: _I | None, UT: _F | None, WT: _F | None,
+        packed: _F | None, nthreads: int,
+    ) -> tuple[float, _F, _F, _F | None, _F | None] | None: ...
 
 def id_range(ids: _I, ignore: int, use_ignore: bool) -> tuple[int, int, int]: ...

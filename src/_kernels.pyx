@@ -14,11 +14,13 @@ The computations live beside this file, one job each:
 Every array is C-contiguous and time-major.  The kernels trust their inputs:
 rnn_ext/_validation.py checks dtypes, shapes, contiguity, ranges and
 finiteness before anything here runs; the checks below only guard buffer
-sizes against a caller that bypassed it.  All scratch is allocated by the
-caller per call, so concurrent calls share nothing mutable.
+sizes against a caller that bypassed it.  All scratch is allocated per call
+(by the caller, or by FastPass.run for the short path), so concurrent calls
+share nothing mutable.
 """
 cimport numpy as cnp
 from cython cimport floating
+from libc.string cimport memset
 
 from _elementwise cimport RNN_EXT_HAVE_CLONES
 from _output cimport (Mode, PROBS, LOSS_ONLY, DZ, output_forward, output_backward,
@@ -52,6 +54,12 @@ FORWARD = W_FORWARD
 LOSS = W_LOSS
 GRAD_V = W_GRAD_V
 FULL = W_FULL
+
+#: The short path's size limit: T*B*max(D, H, K) elements, so that its
+#: buffers (FastPass.run allocates them) need no memory check.
+cdef enum:
+    C_SHORT_MAX = 1 << 22
+SHORT_MAX = C_SHORT_MAX
 
 # The heads' losses.
 SOFTMAX = 0
@@ -447,18 +455,33 @@ def model_pass(floating[:, :, :, ::1] hs not None, floating[:, ::1] Z not None,
     return total
 
 
+cdef inline cnp.ndarray new_f32(int nd, Py_ssize_t d0, Py_ssize_t d1=1, Py_ssize_t d2=1,
+                                Py_ssize_t d3=1):
+    """A new uninitialised C-contiguous float32 array of shape (d0, .., d{nd-1})."""
+    cdef cnp.npy_intp dims[4]
+    dims[0], dims[1], dims[2], dims[3] = d0, d1, d2, d3
+    return cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT32, 0)
+
+
+cdef inline Py_ssize_t up16(Py_ssize_t n) noexcept nogil:
+    """n rounded up to whole 64-byte lines of floats."""
+    return (n + 15) & ~(<Py_ssize_t>15)
+
+
 cdef class FastPass:
     """A float32 model's parameters bound once, for the common call's short path.
 
     ``forward(x)``, ``loss(x, y)`` and ``loss_and_grad(x, y)`` with (T, B) int
     ids in and class ids out, one direction, no lengths, h0 = 0 and no
     dropout are most of a training loop and of inference; model_pass takes 30
-    arguments, and converting them costs more than a small pass's
-    arithmetic.  This binds what never changes between calls (the flat
-    parameters, their offsets, V, c and the sizes) once, checked as
-    model_pass checks them; :meth:`run` then takes only the per-call
-    buffers.  The arrays are held, not copied: the model assigns into them
-    in place.
+    arguments, and converting them (typed memoryviews cost about 0.1 us each)
+    and allocating the buffers one NumPy call at a time costs more than a
+    small pass's arithmetic.  This binds what never changes between calls
+    (the flat parameters, their offsets, V, c, the sizes and where dV and dc
+    lie in the gradient buffer) once, checked as model_pass checks them;
+    :meth:`run` then takes the ids and the scratch the caller's rules decide,
+    checks them through NumPy's C API and allocates the rest itself.  The
+    arrays are held, not copied: the model assigns into them in place.
     """
 
     cdef const float[::1] flat
@@ -467,72 +490,112 @@ cdef class FastPass:
     cdef const float[::1] c
     cdef int D, H, L, K
     cdef bint relu
+    cdef Py_ssize_t n_grad, off_V, off_c
 
     def __init__(self, const float[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
-                 int D, int H, const float[:, ::1] V not None, const float[::1] c, bint relu):
+                 int D, int H, const float[:, ::1] V not None, const float[::1] c, bint relu,
+                 Py_ssize_t n_grad, Py_ssize_t off_V, Py_ssize_t off_c):
         cdef Py_ssize_t Ld = offs.shape[0]
         expect(D >= 1 and H >= 1 and Ld >= 1, "offs")
         check_offs(flat, offs, D, H, 1)
         expect(V.shape[1] == H and (c is None or c.shape[0] == V.shape[0]), "V, c")
+        cdef Py_ssize_t K = V.shape[0]
+        # the gradient buffer: the layer's gradients (laid out like flat) first,
+        # then dV and, with a bias, dc, each inside it and clear of the layer's
+        expect(flat.shape[0] <= off_V and off_V + K * H <= n_grad, "off_V")
+        expect((c is None) == (off_c < 0)
+               and (c is None or (flat.shape[0] <= off_c and off_c + K <= n_grad
+                                  and (off_c + K <= off_V or off_V + K * H <= off_c))),
+               "off_c")
         self.flat, self.offs, self.V, self.c = flat, offs, V, c
-        self.D, self.H, self.L, self.K = D, H, <int>Ld, <int>V.shape[0]
+        self.D, self.H, self.L, self.K = D, H, <int>Ld, <int>K
         self.relu = relu
+        self.n_grad, self.off_V, self.off_c = n_grad, off_V, off_c
 
-    def run(self, int what, const Py_ssize_t[::1] xi not None, const Py_ssize_t[::1] yi,
-            float[:, :, :, ::1] hs not None, float[:, ::1] Z not None, float[::1] dflat,
-            float[:, ::1] dV, float[::1] dc, float[:, :, :, ::1] delta,
-            float[:, :, ::1] dh0, float[:, ::1] G, float[:, ::1] UT, float[:, ::1] dUT,
-            float[:, ::1] WT, float[::1] packed, int nthreads):
-        """model_pass(what) for ids xi (T*B,) in [0, D) and, unless FORWARD,
-        class ids yi (T*B,) in [0, K) or -100 (ignored), reduction "sum"; hs
-        (L, T+1, B, H) with row 0 of each layer h0; the other buffers as
-        model_pass's (dV, dc from GRAD_V; dflat, delta, dh0, G, dUT with FULL;
-        None otherwise).  Returns the summed loss (0.0 with FORWARD)."""
+    def run(self, int what, object x, object y, object UT, object WT, object packed,
+            int nthreads):
+        """model_pass(what) for FORWARD, LOSS or FULL on ids x, a (T, B) C-contiguous
+        intp array with T, B >= 1, and, unless FORWARD, class ids y of the same
+        kind, reduction "sum"; h0 = 0.  UT (D, H), WT (H, H) and packed are the
+        scratch the caller's rules ask for (or None), as model_pass takes them.
+
+        Returns None, computing nothing, when an id of x is outside [0, D) or
+        a class id of y outside [0, K) and not -100 (the general path then
+        reports it); otherwise (total, hs, Z, dflat, dh0), new arrays: hs
+        (L, T+1, B, H) the states with h0 = 0 first, Z (T*B, K) the
+        probabilities (with FORWARD), dflat the gradient buffer and dh0
+        (L, B, H) (both None unless FULL); total the summed loss (0.0 with
+        FORWARD).
+        """
         cdef int L = self.L, H = self.H, D = self.D, K = self.K
-        cdef int T = <int>hs.shape[1] - 1, B = <int>hs.shape[2]
-        cdef Py_ssize_t TB = <Py_ssize_t>T * B
-        expect(W_FORWARD <= what <= W_FULL, "what")
-        expect(hs.shape[0] == L and hs.shape[3] == H and T >= 1 and B >= 1, "hs")
-        expect(xi.shape[0] == TB and Z.shape[0] == TB and Z.shape[1] == K, "xi, Z")
-        expect((yi is None) == (what == W_FORWARD) and (yi is None or yi.shape[0] == TB), "yi")
-        expect(UT is None or (UT.shape[0] == D and UT.shape[1] == H), "UT")
-        expect(WT is None or (WT.shape[0] == H and WT.shape[1] == H), "WT")
-        cdef float* pdV = NULL
-        cdef float* pdc = NULL
+        expect(what == W_FORWARD or what == W_LOSS or what == W_FULL, "what")
+        expect(isinstance(x, cnp.ndarray) and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2, "x")
+        cdef Py_ssize_t T = cnp.PyArray_DIMS(<cnp.ndarray>x)[0]
+        cdef Py_ssize_t B = cnp.PyArray_DIMS(<cnp.ndarray>x)[1]
+        cdef Py_ssize_t TB = T * B, BH = B * H, i, layer
+        expect(T >= 1 and B >= 1 and TB * max(D, H, K) <= C_SHORT_MAX, "x shape")
+        cdef const Py_ssize_t* pxi = <const Py_ssize_t*>array_data(x, "x", cnp.NPY_INTP, TB,
+                                                                   False)
+        cdef const Py_ssize_t* pyi = NULL
+        expect((y is None) == (what == W_FORWARD), "y")
+        if y is not None:
+            pyi = <const Py_ssize_t*>array_data(y, "y", cnp.NPY_INTP, TB, False)
+        cdef float* pUT = NULL
+        cdef float* pWT = NULL
+        cdef float* ppacked = NULL
+        if UT is not None:
+            pUT = <float*>array_data(UT, "UT", cnp.NPY_FLOAT32, <Py_ssize_t>D * H, True)
+        if WT is not None:
+            pWT = <float*>array_data(WT, "WT", cnp.NPY_FLOAT32, <Py_ssize_t>H * H, True)
+        if packed is not None:
+            ppacked = <float*>array_data(packed, "packed", cnp.NPY_FLOAT32,
+                                         rnn_ext_wsr_packed_size(H), True)
+        cdef bint ok = True
+        with nogil:
+            for i in range(TB):
+                if not (0 <= pxi[i] < D) or (pyi != NULL and not (0 <= pyi[i] < K)
+                                             and pyi[i] != -100):
+                    ok = False
+                    break
+        if not ok:
+            return None
+        cdef cnp.ndarray hs = new_f32(4, L, T + 1, B, H)
+        cdef cnp.ndarray Z = new_f32(2, TB, K)
+        cdef float* phs = <float*>cnp.PyArray_DATA(hs)
+        for layer in range(L):
+            memset(phs + layer * (T + 1) * BH, 0, BH * sizeof(float))
+        dflat = dh0 = None
+        cdef cnp.ndarray work
         cdef float* pdflat = NULL
-        cdef float* pdelta = NULL
         cdef float* pdh0 = NULL
+        cdef float* pdelta = NULL
         cdef float* pG = NULL
         cdef float* pdUT = NULL
-        if what >= W_GRAD_V:
-            expect(dV is not None and dV.shape[0] == K and dV.shape[1] == H, "dV")
-            expect((dc is None) == (self.c is None) and (dc is None or dc.shape[0] == K), "dc")
-            pdV = &dV[0, 0]
-            pdc = <float*>ptr1(dc)
+        cdef float* pdV = NULL
+        cdef float* pdc = NULL
+        cdef Py_ssize_t n_delta = up16(L * TB * H), n_G = up16(BH)
         if what == W_FULL:
-            expect(dflat is not None and dflat.shape[0] == self.flat.shape[0], "dflat")
-            expect(delta is not None and delta.shape[0] == L and delta.shape[1] == T
-                   and delta.shape[2] == B and delta.shape[3] == H, "delta")
-            expect(dh0 is not None and dh0.shape[0] == L and dh0.shape[1] == B
-                   and dh0.shape[2] == H, "dh0")
-            expect(G is not None and G.shape[0] == B and G.shape[1] == H, "G")
-            expect(dUT is None or (dUT.shape[0] == D and dUT.shape[1] == H), "dUT")
-            pdflat, pdelta, pdh0, pG = &dflat[0], &delta[0, 0, 0, 0], &dh0[0, 0, 0], &G[0, 0]
-            pdUT = <float*>ptr2(dUT)
-        cdef float* ppacked = check_packed(packed, H)
-        cdef float* pUT = <float*>ptr2(UT)
-        cdef float* pWT = <float*>ptr2(WT)
-        cdef const Py_ssize_t* pyi = iptr(yi)
+            dflat, dh0 = new_f32(1, self.n_grad), new_f32(3, L, B, H)
+            pdflat = <float*>cnp.PyArray_DATA(<cnp.ndarray>dflat)
+            pdh0 = <float*>cnp.PyArray_DATA(<cnp.ndarray>dh0)
+            pdV = pdflat + self.off_V
+            pdc = pdflat + self.off_c if self.off_c >= 0 else NULL
+            # δ (L, T, B, H), G (B, H) and dU.T (D, H), as model_pass takes them
+            work = new_f32(1, n_delta + n_G + (<Py_ssize_t>D * H if pUT != NULL else 0))
+            pdelta = <float*>cnp.PyArray_DATA(work)
+            pG = pdelta + n_delta
+            pdUT = pG + n_G if pUT != NULL else NULL
+        cdef float* pZ = <float*>cnp.PyArray_DATA(Z)
         cdef const float* pc = ptr1(self.c)
         cdef double total
         with nogil:
-            total = run_model(&hs[0, 0, 0, 0], &Z[0, 0], <const float*>NULL, &xi[0], pyi,
-                              <const float*>NULL, &self.flat[0], &self.offs[0, 0],
-                              &self.V[0, 0], pc, <const float*>NULL, <float*>NULL, pWT, pUT,
+            total = run_model(phs, pZ, <const float*>NULL, pxi, pyi, <const float*>NULL,
+                              &self.flat[0], &self.offs[0, 0], &self.V[0, 0], pc,
+                              <const float*>NULL, <float*>NULL, pWT, pUT,
                               <const Py_ssize_t*>NULL, pdV, pdc, pdflat, pdelta, <float*>NULL,
-                              pdh0, pdUT, pG, <float*>NULL, T, B, D, H, L, 1, K, self.relu,
-                              -100, 1.0, what, ppacked, nthreads)
-        return total
+                              pdh0, pdUT, pG, <float*>NULL, <int>T, <int>B, D, H, L, 1, K,
+                              self.relu, -100, 1.0, what, ppacked, nthreads)
+        return total, hs, Z, dflat, dh0
 
 
 # ---------------------------------------------------------------------------

@@ -114,3 +114,39 @@ def test_float64_and_bidirectional_models_decline():
     assert m64._short(model_module._LOSS, x, x) is None
     assert bi._short(model_module._LOSS, x, x) is None
     assert m64.loss(x, x) == pytest.approx(m64.loss(x, x, h0=np.zeros((1, 2, 8))), rel=0)
+
+
+def test_fast_pass_checks_what_it_is_given():
+    """FastPass.run is entered with plain arrays: it checks them itself (a
+    caller bypassing RNN._short gets an error, never a crash), returns None for
+    ids out of range and leaves its inputs alone."""
+    from rnn_ext import _kernels
+
+    m, x, y = case(T=4, B=3, D=6, H=8, K=5)
+    m.loss(x, y)  # binds the parameters
+    fast = m._fast
+    x, y = x.astype(np.intp), y.astype(np.intp)
+    x0, y0 = x.copy(), y.copy()
+    total, hs, Z, dflat, dh0 = fast.run(_kernels.FULL, x, y, None, None, None, 0)
+    # (m.loss runs with U.T and packed W as scratch: the same sums, other order)
+    assert total == pytest.approx(m.loss(x, y), rel=1e-6)
+    assert hs.shape == (1, 5, 3, 8) and not hs[:, 0].any() and Z.shape == (12, 5)
+    assert dflat.shape == m.flat.shape and dh0.shape == (1, 3, 8)
+    assert np.array_equal(x, x0) and np.array_equal(y, y0)
+    assert fast.run(_kernels.LOSS, x, np.full_like(y, 5), None, None, None, 0) is None
+    assert fast.run(_kernels.FORWARD, np.full_like(x, -1), None, None, None, None, 0) is None
+    bad = [
+        (_kernels.LOSS, x.astype(np.int32), y, None, None, None),          # dtype
+        (_kernels.LOSS, np.asfortranarray(np.zeros((3, 4), np.intp)), y, None, None, None),
+        (_kernels.LOSS, x, None, None, None, None),                        # no targets
+        (_kernels.FORWARD, x, y, None, None, None),                        # targets given
+        (_kernels.LOSS, x, y[:2], None, None, None),                       # y's size
+        (_kernels.LOSS, x, y, np.empty((6, 7), np.float32), None, None),   # UT's size
+        (_kernels.LOSS, x, y, None, np.empty((8, 8)), None),               # WT's dtype
+        (_kernels.LOSS, x, y, None, None, np.empty(3, np.float32)),        # packed's size
+        (_kernels.GRAD_V, x, y, None, None, None),                         # not a short pass
+        (_kernels.LOSS, x[:0], y[:0], None, None, None),                   # T = 0
+    ]
+    for args in bad:
+        with pytest.raises(ValueError):
+            fast.run(*args, 0)
