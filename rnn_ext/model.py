@@ -33,10 +33,13 @@ from .recurrent import (
     final_states,
     pass_plan,
     per_layer,
+    plan_threads,
     scratch,
+    scratch_needs,
     states,
     step_inputs,
     top_output,
+    use_packed,
     user_layout,
 )
 
@@ -362,9 +365,8 @@ class RNN:
         if h0 is None and lengths is None:
             short = self._short(_FORWARD, x, None)
             if short is not None:
-                _, hs, Z, _, _ = short
+                _, hs, Z, _, _, h_n = short
                 T, B = x.shape
-                h_n = hs[:, T].copy()
                 return ForwardResult(hs[-1, 1:], Z.reshape(T, B, -1), h_n[-1], h_n)
         batch = self._batch(x, None, h0, lengths)
         hs, Z, _ = self._pass(_FORWARD, batch, None)
@@ -549,8 +551,7 @@ class RNN:
                 and type(ignore_index) is int and ignore_index == -100):
             short = self._short(_FULL, x, y)
             if short is not None:
-                total, hs, _, dflat, dh0 = short
-                h_n = hs[:, hs.shape[1] - 1].copy()
+                total, _, _, dflat, dh0, h_n = short
                 L = h_n.shape[0]
                 return total, self._gradients(dflat, self._layout.views(dflat),
                                               dh0[0] if L == 1 else dh0, None, h_n[L - 1], h_n)
@@ -607,10 +608,11 @@ class RNN:
                 self.layer._flat, self._offs, s.D, s.H, self.head._params["V"],
                 self.head._params.get("c"), s.relu, layout.size, layout.offset("V"),
                 layout.offset("c") if "c" in layout.names else -1)
-        ctx, packed, n = pass_plan(s, T, B, K)
-        WT, UT = scratch(s, T, B, True, packed is not None)
+        packed = use_packed(s, B)
+        ctx, n = plan_threads(s, T, B, K, packed)
+        need_WT, need_UT = scratch_needs(s, T, B, True, packed)
         with ctx:
-            short = fast.run(what, x, y, UT, WT, packed, n)
+            short = fast.run(what, x, y, need_UT, need_WT, packed, n)
         if short is None or self._version != version:
             # an id out of range (the general path reports it), or the pass
             # overlapped an assignment (the general path runs on a coherent copy)

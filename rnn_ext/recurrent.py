@@ -80,39 +80,59 @@ def via_UT(s: Stack, T: int, B: int, ids: bool) -> bool:
     return ids and T * B >= s.D
 
 
+def scratch_needs(s: Stack, T: int, B: int, ids: bool, packed: bool) -> tuple[bool, bool]:
+    """(WT, UT): whether a pass takes W.T as scratch, for a GEMM per step when
+    B > 1 (no-transpose GEMMs are the fast ones at small B; the packed
+    recurrence needs none), and U.T, as via_UT says."""
+    return B > 1 and not packed, via_UT(s, T, B, ids)
+
+
 def scratch(s: Stack, T: int, B: int, ids: bool,
             packed: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(WT, UT): W.T for a GEMM per step when B > 1 (no-transpose GEMMs are the
-    fast ones at small B; the packed recurrence needs none), U.T as via_UT says."""
-    WT = np.empty((s.H, s.H), dtype=s.dtype) if B > 1 and not packed else None
-    UT = np.empty((s.D, s.H), dtype=s.dtype) if via_UT(s, T, B, ids) else None
+    """(WT, UT): the scratch scratch_needs asks for, (H, H) and (D, H), or None."""
+    need_WT, need_UT = scratch_needs(s, T, B, ids, packed)
+    WT = np.empty((s.H, s.H), dtype=s.dtype) if need_WT else None
+    UT = np.empty((s.D, s.H), dtype=s.dtype) if need_UT else None
     return WT, UT
 
 
 _F32 = np.dtype(np.float32)
 
 
+def use_packed(s: Stack, B: int) -> bool:
+    """Whether a pass runs the weight-stationary float32 recurrence (src/wsr.h)
+    rather than a BLAS call per step: not for float64, not at B = 1 (a GEMV
+    streams W once a step anyway, and packing it costs more than it saves:
+    1.2-1.3x slower at H=1024), not with ``RNN_EXT_SIMD=blas`` in the
+    environment."""
+    return B >= 2 and s.dtype == _F32 and os.environ.get("RNN_EXT_SIMD") != "blas"
+
+
 def packed_scratch(s: Stack, B: int) -> np.ndarray | None:
-    """Scratch for the weight-stationary float32 recurrence (src/wsr.h), or None
-    for a BLAS call per step: float64, B = 1 (a GEMV streams W once a step
-    anyway, and packing it costs more than it saves: 1.2-1.3x slower at H=1024),
-    or ``RNN_EXT_SIMD=blas`` in the environment."""
-    if B < 2 or s.dtype != _F32 or os.environ.get("RNN_EXT_SIMD") == "blas":
+    """Scratch for the packed W when use_packed says so, else None."""
+    if not use_packed(s, B):
         return None
     return np.empty(_kernels.wsr_packed_size(s.H), dtype=np.float32)
 
 
-def pass_plan(s: Stack, T: int, B: int, K: int) -> tuple[Any, np.ndarray | None, int]:
-    """(threads context, packed scratch, n) for one pass with output size K.
+def plan_threads(s: Stack, T: int, B: int, K: int, packed: bool) -> tuple[Any, int]:
+    """(threads context, n) for one pass with output size K.
 
-    A pass on the weight-stationary recurrence runs every parallel part on
-    rnn_ext's own pool with n threads (``_threads.pool_threads``); the others
-    leave threads to the BLAS (``_threads.pass_threads``) and n = 0.
+    A pass on the weight-stationary recurrence (``packed``) runs every
+    parallel part on rnn_ext's own pool with n threads
+    (``_threads.pool_threads``); the others leave threads to the BLAS
+    (``_threads.pass_threads``) and n = 0.
     """
+    if not packed:
+        return pass_threads(T, B, s.D, s.H, K), 0
+    return pool_threads(T, B, s.D, s.H, K)
+
+
+def pass_plan(s: Stack, T: int, B: int, K: int) -> tuple[Any, np.ndarray | None, int]:
+    """(threads context, packed scratch or None, n) for one pass with output
+    size K, as use_packed and plan_threads say."""
     packed = packed_scratch(s, B)
-    if packed is None:
-        return pass_threads(T, B, s.D, s.H, K), None, 0
-    ctx, n = pool_threads(T, B, s.D, s.H, K)
+    ctx, n = plan_threads(s, T, B, K, packed is not None)
     return ctx, packed, n
 
 

@@ -15,12 +15,13 @@ Every array is C-contiguous and time-major.  The kernels trust their inputs:
 rnn_ext/_validation.py checks dtypes, shapes, contiguity, ranges and
 finiteness before anything here runs; the checks below only guard buffer
 sizes against a caller that bypassed it.  All scratch is allocated per call
-(by the caller, or by FastPass.run for the short path), so concurrent calls
-share nothing mutable.
+by the caller, or by FastPass.run for the short path (which keeps its scratch
+for the next call, never sharing it between calls in flight), so concurrent
+calls share nothing mutable.
 """
 cimport numpy as cnp
 from cython cimport floating
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from _elementwise cimport RNN_EXT_HAVE_CLONES
 from _output cimport (Mode, PROBS, LOSS_ONLY, DZ, output_forward, output_backward,
@@ -479,9 +480,19 @@ cdef class FastPass:
     small pass's arithmetic.  This binds what never changes between calls
     (the flat parameters, their offsets, V, c, the sizes and where dV and dc
     lie in the gradient buffer) once, checked as model_pass checks them;
-    :meth:`run` then takes the ids and the scratch the caller's rules decide,
-    checks them through NumPy's C API and allocates the rest itself.  The
-    arrays are held, not copied: the model assigns into them in place.
+    :meth:`run` then takes the ids and which scratch the caller's rules ask
+    for, checks the ids through NumPy's C API and allocates the rest itself.
+    The arrays are held, not copied: the model assigns into them in place.
+
+    The scratch a call does not return (packed W, W.T, U.T, δ, and the states
+    and logits of a loss or a gradient) lives in one buffer that the next call
+    reuses: a fresh buffer's pages are faulted in and zeroed by the operating
+    system on first touch, which cost about 10 % of a two-thread
+    loss_and_grad at T=100, B=32, D=K=256, H=1024 (both threads fault at
+    once).  The buffer is held between calls while the model lives and grows
+    to the largest call's need (34 MiB after that call); a call running
+    while another holds it allocates its own, so concurrent calls still
+    share nothing mutable.
     """
 
     cdef const float[::1] flat
@@ -491,6 +502,7 @@ cdef class FastPass:
     cdef int D, H, L, K
     cdef bint relu
     cdef Py_ssize_t n_grad, off_V, off_c
+    cdef object spare  # the scratch buffer between calls (1-D float32), or None
 
     def __init__(self, const float[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
                  int D, int H, const float[:, ::1] V not None, const float[::1] c, bint relu,
@@ -511,21 +523,22 @@ cdef class FastPass:
         self.D, self.H, self.L, self.K = D, H, <int>Ld, <int>K
         self.relu = relu
         self.n_grad, self.off_V, self.off_c = n_grad, off_V, off_c
+        self.spare = None
 
-    def run(self, int what, object x, object y, object UT, object WT, object packed,
+    def run(self, int what, object x, object y, bint UT, bint WT, bint packed,
             int nthreads):
         """model_pass(what) for FORWARD, LOSS or FULL on ids x, a (T, B) C-contiguous
         intp array with T, B >= 1, and, unless FORWARD, class ids y of the same
-        kind, reduction "sum"; h0 = 0.  UT (D, H), WT (H, H) and packed are the
-        scratch the caller's rules ask for (or None), as model_pass takes them.
+        kind, reduction "sum"; h0 = 0.  UT, WT and packed say which scratch the
+        caller's rules ask for (U.T, W.T, the packed W), as model_pass takes it.
 
         Returns None, computing nothing, when an id of x is outside [0, D) or
         a class id of y outside [0, K) and not -100 (the general path then
-        reports it); otherwise (total, hs, Z, dflat, dh0), new arrays: hs
-        (L, T+1, B, H) the states with h0 = 0 first, Z (T*B, K) the
-        probabilities (with FORWARD), dflat the gradient buffer and dh0
-        (L, B, H) (both None unless FULL); total the summed loss (0.0 with
-        FORWARD).
+        reports it); otherwise (total, hs, Z, dflat, dh0, h_n), new arrays or
+        None: hs (L, T+1, B, H) the states with h0 = 0 first and Z (T*B, K)
+        the probabilities (FORWARD only); dflat the gradient buffer and dh0
+        (L, B, H) (FULL only); h_n (L, B, H) the final states (FORWARD and
+        FULL); total the summed loss (0.0 with FORWARD).
         """
         cdef int L = self.L, H = self.H, D = self.D, K = self.K
         expect(what == W_FORWARD or what == W_LOSS or what == W_FULL, "what")
@@ -540,16 +553,6 @@ cdef class FastPass:
         expect((y is None) == (what == W_FORWARD), "y")
         if y is not None:
             pyi = <const Py_ssize_t*>array_data(y, "y", cnp.NPY_INTP, TB, False)
-        cdef float* pUT = NULL
-        cdef float* pWT = NULL
-        cdef float* ppacked = NULL
-        if UT is not None:
-            pUT = <float*>array_data(UT, "UT", cnp.NPY_FLOAT32, <Py_ssize_t>D * H, True)
-        if WT is not None:
-            pWT = <float*>array_data(WT, "WT", cnp.NPY_FLOAT32, <Py_ssize_t>H * H, True)
-        if packed is not None:
-            ppacked = <float*>array_data(packed, "packed", cnp.NPY_FLOAT32,
-                                         rnn_ext_wsr_packed_size(H), True)
         cdef bint ok = True
         with nogil:
             for i in range(TB):
@@ -559,33 +562,54 @@ cdef class FastPass:
                     break
         if not ok:
             return None
-        cdef cnp.ndarray hs = new_f32(4, L, T + 1, B, H)
-        cdef cnp.ndarray Z = new_f32(2, TB, K)
-        cdef float* phs = <float*>cnp.PyArray_DATA(hs)
+        # sizes of the reused scratch, each in whole 64-byte lines
+        cdef bint full = what == W_FULL, fwd = what == W_FORWARD
+        cdef Py_ssize_t n_hs = 0 if fwd else up16(L * (T + 1) * BH)
+        cdef Py_ssize_t n_Z = 0 if fwd else up16(TB * K)
+        cdef Py_ssize_t n_delta = up16(L * TB * H) if full else 0
+        cdef Py_ssize_t n_G = up16(BH) if full else 0
+        cdef Py_ssize_t n_UT = up16(<Py_ssize_t>D * H) if UT else 0
+        cdef Py_ssize_t n_dUT = n_UT if full else 0
+        cdef Py_ssize_t n_WT = up16(<Py_ssize_t>H * H) if WT else 0
+        cdef Py_ssize_t n_packed = up16(rnn_ext_wsr_packed_size(H)) if packed else 0
+        cdef Py_ssize_t n_all = n_hs + n_Z + n_delta + n_G + n_UT + n_dUT + n_WT + n_packed
+        # take the held buffer (the GIL makes this atomic), or a new one
+        cdef cnp.ndarray arena = self.spare
+        self.spare = None
+        if arena is None or cnp.PyArray_SIZE(arena) < n_all + 16:
+            arena = new_f32(1, n_all + 16)
+        cdef float* p = <float*>cnp.PyArray_DATA(arena)
+        p += (16 - (<size_t>p // sizeof(float)) % 16) % 16  # to a 64-byte line
+        cdef cnp.ndarray hs = None, Z = None
+        cdef float* phs
+        cdef float* pZ
+        if fwd:
+            hs, Z = new_f32(4, L, T + 1, B, H), new_f32(2, TB, K)
+            phs, pZ = <float*>cnp.PyArray_DATA(hs), <float*>cnp.PyArray_DATA(Z)
+        else:
+            phs, pZ = p, p + n_hs
+        p += n_hs + n_Z
         for layer in range(L):
             memset(phs + layer * (T + 1) * BH, 0, BH * sizeof(float))
+        cdef float* pdelta = p if full else NULL
+        cdef float* pG = p + n_delta if full else NULL
+        p += n_delta + n_G
+        cdef float* pUT = p if UT else NULL
+        cdef float* pdUT = p + n_UT if UT and full else NULL
+        p += n_UT + n_dUT
+        cdef float* pWT = p if WT else NULL
+        cdef float* ppacked = p + n_WT if packed else NULL
         dflat = dh0 = None
-        cdef cnp.ndarray work
         cdef float* pdflat = NULL
         cdef float* pdh0 = NULL
-        cdef float* pdelta = NULL
-        cdef float* pG = NULL
-        cdef float* pdUT = NULL
         cdef float* pdV = NULL
         cdef float* pdc = NULL
-        cdef Py_ssize_t n_delta = up16(L * TB * H), n_G = up16(BH)
-        if what == W_FULL:
+        if full:
             dflat, dh0 = new_f32(1, self.n_grad), new_f32(3, L, B, H)
             pdflat = <float*>cnp.PyArray_DATA(<cnp.ndarray>dflat)
             pdh0 = <float*>cnp.PyArray_DATA(<cnp.ndarray>dh0)
             pdV = pdflat + self.off_V
             pdc = pdflat + self.off_c if self.off_c >= 0 else NULL
-            # δ (L, T, B, H), G (B, H) and dU.T (D, H), as model_pass takes them
-            work = new_f32(1, n_delta + n_G + (<Py_ssize_t>D * H if pUT != NULL else 0))
-            pdelta = <float*>cnp.PyArray_DATA(work)
-            pG = pdelta + n_delta
-            pdUT = pG + n_G if pUT != NULL else NULL
-        cdef float* pZ = <float*>cnp.PyArray_DATA(Z)
         cdef const float* pc = ptr1(self.c)
         cdef double total
         with nogil:
@@ -595,7 +619,17 @@ cdef class FastPass:
                               <const Py_ssize_t*>NULL, pdV, pdc, pdflat, pdelta, <float*>NULL,
                               pdh0, pdUT, pG, <float*>NULL, <int>T, <int>B, D, H, L, 1, K,
                               self.relu, -100, 1.0, what, ppacked, nthreads)
-        return total, hs, Z, dflat, dh0
+        h_n = None
+        if what != W_LOSS:
+            h_n = new_f32(3, L, B, H)
+            for layer in range(L):
+                memcpy(<float*>cnp.PyArray_DATA(<cnp.ndarray>h_n) + layer * BH,
+                       phs + (layer * (T + 1) + T) * BH, BH * sizeof(float))
+        # keep the larger buffer for the next call
+        held = self.spare
+        if held is None or cnp.PyArray_SIZE(<cnp.ndarray>held) < cnp.PyArray_SIZE(arena):
+            self.spare = arena
+        return total, hs, Z, dflat, dh0, h_n
 
 
 # ---------------------------------------------------------------------------

@@ -127,26 +127,53 @@ def test_fast_pass_checks_what_it_is_given():
     fast = m._fast
     x, y = x.astype(np.intp), y.astype(np.intp)
     x0, y0 = x.copy(), y.copy()
-    total, hs, Z, dflat, dh0 = fast.run(_kernels.FULL, x, y, None, None, None, 0)
+    total, hs, Z, dflat, dh0, h_n = fast.run(_kernels.FULL, x, y, False, False, False, 0)
     # (m.loss runs with U.T and packed W as scratch: the same sums, other order)
     assert total == pytest.approx(m.loss(x, y), rel=1e-6)
-    assert hs.shape == (1, 5, 3, 8) and not hs[:, 0].any() and Z.shape == (12, 5)
+    assert hs is None and Z is None and h_n.shape == (1, 3, 8)
     assert dflat.shape == m.flat.shape and dh0.shape == (1, 3, 8)
     assert np.array_equal(x, x0) and np.array_equal(y, y0)
-    assert fast.run(_kernels.LOSS, x, np.full_like(y, 5), None, None, None, 0) is None
-    assert fast.run(_kernels.FORWARD, np.full_like(x, -1), None, None, None, None, 0) is None
+    _, hs, Z, dflat, dh0, h_n2 = fast.run(_kernels.FORWARD, x, None, True, True, True, 0)
+    assert hs.shape == (1, 5, 3, 8) and not hs[:, 0].any() and Z.shape == (12, 5)
+    assert dflat is None and dh0 is None and np.array_equal(h_n2, hs[:, 4])
+    np.testing.assert_allclose(h_n2, h_n, rtol=1e-5, atol=1e-6)
+    assert fast.run(_kernels.LOSS, x, y, True, False, True, 0)[1:] == (None,) * 5
+    assert fast.run(_kernels.LOSS, x, np.full_like(y, 5), False, False, False, 0) is None
+    assert fast.run(_kernels.FORWARD, np.full_like(x, -1), None, False, False, False, 0) is None
     bad = [
-        (_kernels.LOSS, x.astype(np.int32), y, None, None, None),          # dtype
-        (_kernels.LOSS, np.asfortranarray(np.zeros((3, 4), np.intp)), y, None, None, None),
-        (_kernels.LOSS, x, None, None, None, None),                        # no targets
-        (_kernels.FORWARD, x, y, None, None, None),                        # targets given
-        (_kernels.LOSS, x, y[:2], None, None, None),                       # y's size
-        (_kernels.LOSS, x, y, np.empty((6, 7), np.float32), None, None),   # UT's size
-        (_kernels.LOSS, x, y, None, np.empty((8, 8)), None),               # WT's dtype
-        (_kernels.LOSS, x, y, None, None, np.empty(3, np.float32)),        # packed's size
-        (_kernels.GRAD_V, x, y, None, None, None),                         # not a short pass
-        (_kernels.LOSS, x[:0], y[:0], None, None, None),                   # T = 0
+        (_kernels.LOSS, x.astype(np.int32), y),                     # dtype
+        (_kernels.LOSS, np.asfortranarray(np.zeros((3, 4), np.intp)), y),
+        (_kernels.LOSS, x, None),                                   # no targets
+        (_kernels.FORWARD, x, y),                                   # targets given
+        (_kernels.LOSS, x, y[:2]),                                  # y's size
+        (_kernels.GRAD_V, x, y),                                    # not a short pass
+        (_kernels.LOSS, x[:0], y[:0]),                              # T = 0
     ]
     for args in bad:
         with pytest.raises(ValueError):
-            fast.run(*args, 0)
+            fast.run(*args, False, False, False, 0)
+
+
+def test_reused_scratch_never_shows_in_results():
+    """The short path keeps its scratch for the next call: calls of growing and
+    shrinking sizes, interleaved, each give the general path's bits, and what
+    one call returned is not changed by the next."""
+    m, _, _ = case(T=1, B=1, D=13, H=24, K=9)
+    rng = np.random.default_rng(3)
+    kept = []
+    for T, B in [(5, 4), (40, 16), (3, 2), (40, 16), (1, 1), (12, 7)]:
+        x = rng.integers(0, 13, size=(T, B))
+        y = rng.integers(0, 9, size=(T, B))
+        h0 = zeros_h0(m, B)
+        f, loss, (lg, g) = m.forward(x), m.loss(x, y), m.loss_and_grad(x, y)
+        kept.append((f, g, [a.copy() for a in (f.h, f.probs, f.h_n, g.flat, g.h0, g.h_n)]))
+        want_f, want_g = m.forward(x, h0=h0), m.loss_and_grad(x, y, h0=h0)[1]
+        same(loss, m.loss(x, y, h0=h0), "loss")
+        same(lg, loss, "loss_and_grad's loss")
+        for a, b, what in [(f.h, want_f.h, "h"), (f.probs, want_f.probs, "probs"),
+                           (f.h_n, want_f.h_n, "h_n"), (g.flat, want_g.flat, "grads"),
+                           (g.h0, want_g.h0, "dh0"), (g.h_last, want_g.h_last, "h_last")]:
+            same(a, b, what)
+    for f, g, copies in kept:
+        for a, b in zip((f.h, f.probs, f.h_n, g.flat, g.h0, g.h_n), copies):
+            assert np.array_equal(a, b), "a result changed after a later call"
