@@ -14,10 +14,10 @@ The computations live beside this file, one job each:
 Every array is C-contiguous and time-major.  The kernels trust their inputs:
 rnn_ext/_validation.py checks dtypes, shapes, contiguity, ranges and
 finiteness before anything here runs; the checks below only guard buffer
-sizes against a caller that bypassed it.  All scratch is allocated per call
-by the caller, or by FastPass.run for the short path (which keeps its scratch
-for the next call, never sharing it between calls in flight), so concurrent
-calls share nothing mutable.
+sizes against a caller that bypassed it.  Scratch is the caller's, new for
+each call, or on the short path FastPass's own buffer, which its next call
+reuses and no two calls in flight share: concurrent calls share nothing
+mutable.
 """
 cimport numpy as cnp
 from cython cimport floating
