@@ -66,6 +66,12 @@ AUTO_MIN_FLOPS = 20e6
 # AUTO_MIN_STEP_FLOPS = 2·1024·1024 (B = 1: H below 1024).
 AUTO_MIN_BATCH = 8
 AUTO_MIN_STEP_FLOPS = 2 * 1024 * 1024
+# A pass on rnn_ext's own pool runs on one thread, whatever the setting, when
+# a step's recurrent product (B·H·H multiply-adds) is below this: the threads
+# meet once per step, and below about 2^15 the barrier costs more than the
+# second thread saves (B = 1, H = 64 on two threads: 1.1-1.4x the time of
+# one).  Results do not depend on the count, so this changes no bits.
+POOL_MIN_STEP = 1 << 15
 
 
 def _find_kernel_blas():
@@ -330,7 +336,7 @@ def pass_threads(T, B, D, H, K):
 def pool_threads(T, B, D, H, K):
     """(context manager, n) for a pass whose recurrence runs on rnn_ext's own pool.
 
-    Such a pass (float32, B >= 2: the weight-stationary recurrence) runs all
+    Such a pass (float32, the weight-stationary recurrence: recurrent.use_packed) runs all
     its parallel work on the pool of ``src/wsr.c`` with ``n`` threads: the
     recurrence with one barrier per step, the large products cut into the
     same parts for every n (``src/_pgemm.pxd``), the row loops split by
@@ -338,11 +344,15 @@ def pool_threads(T, B, D, H, K):
     context manager): its own workers, spinning for a while after every
     multi-threaded call, would share the cores with the pool's.  ``n`` is
     the user's setting, or with none the BLAS's own count, or 1 for a small
-    pass (``_auto_threads``).  Results are bit-identical for every ``n``.
+    pass (``_auto_threads``); always 1 when a step's product has fewer than
+    POOL_MIN_STEP multiply-adds, whatever the setting (the count is a
+    ceiling).  Results are bit-identical for every ``n``.
     """
     if _controller is None:
         _libs()
-    if _user_n is not None:
+    if B * H * H < POOL_MIN_STEP:
+        n = 1
+    elif _user_n is not None:
         n = _user_n
     elif _auto_threads(T, B, D, H, K) is not None:
         n = 1

@@ -37,12 +37,21 @@ def model_results(model, x, y, **kw):
                      g.b, g.c, g.h0, g.x, g.h_last])
 
 
-@pytest.mark.parametrize("case", ["ids", "floats-ragged-h0", "two-layers-bidirectional-relu"])
+@pytest.mark.parametrize("case", ["ids", "floats-ragged-h0", "two-layers-bidirectional-relu",
+                                  "batch-one"])
 def test_model_pass_bit_identical_for_every_thread_count(case):
     rng = np.random.default_rng(3)
     T, B, D, H, K = 20, 16, 200, 160, 200
     kw = {}
-    if case == "ids":
+    if case == "batch-one":
+        # B = 1 runs the packed recurrence while W fits a core's cache, and a
+        # step of B·H·H = 2^16 multiply-adds is split over the threads
+        B, H = 1, 256
+        assert rnn_ext.recurrent.PACKED_B1_MAX_H >= H
+        assert B * H * H >= _threads.POOL_MIN_STEP
+        model = rnn_ext.RNN(D, H, K, seed=4)
+        x = rng.integers(0, D, size=(T, B))
+    elif case == "ids":
         model = rnn_ext.RNN(D, H, K, seed=1)
         x = rng.integers(0, D, size=(T, B))
     elif case == "floats-ragged-h0":
@@ -110,3 +119,25 @@ def test_pool_pass_runs_the_blas_on_one_thread_and_restores():
         assert _threads.pool_threads(100, 32, 256, 1024, 256)[1] == 3
     # a small pass: one thread, whatever the BLAS's count
     assert _threads.pool_threads(2, 2, 3, 4, 5)[1] == 1
+
+
+def test_pool_runs_one_thread_when_a_step_is_too_small_to_split():
+    """The thread count is a ceiling: below POOL_MIN_STEP multiply-adds a step
+    (one barrier each) runs on one thread even when more were asked for."""
+    small = _threads.POOL_MIN_STEP
+    with rnn_ext.threads(2):
+        assert _threads.pool_threads(100, 1, 65, 64, 65)[1] == 1        # 1·64·64 = 2^12
+        assert _threads.pool_threads(100, 2, 65, 127, 65)[1] == 1       # just below 2^15
+        assert small == 2 * 128 * 128
+        assert _threads.pool_threads(100, 2, 65, 128, 65)[1] == 2       # exactly 2^15
+        assert _threads.pool_threads(100, 1, 65, 256, 65)[1] == 2
+
+
+def test_batch_one_packs_only_while_W_fits_a_core_cache():
+    from rnn_ext.recurrent import PACKED_B1_MAX_H, use_packed
+    f32 = rnn_ext.Recurrent(4, PACKED_B1_MAX_H, seed=0)._stack
+    big = rnn_ext.Recurrent(4, PACKED_B1_MAX_H + 1, seed=0)._stack
+    f64 = rnn_ext.Recurrent(4, 64, dtype=np.float64, seed=0)._stack
+    assert use_packed(f32, 1) and use_packed(f32, 2)
+    assert not use_packed(big, 1) and use_packed(big, 2)
+    assert not use_packed(f64, 1) and not use_packed(f64, 2)
