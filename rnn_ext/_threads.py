@@ -176,6 +176,10 @@ def set_num_threads(n):
     n : int or None
         A positive number of threads, or None for the automatic choice: one
         thread for small passes, the BLAS's default count for large ones.
+        A set count is a ceiling: a float32 pass on rnn_ext's own pool whose
+        per-step product has fewer than ``POOL_MIN_STEP`` (2^15)
+        multiply-adds runs on one thread (its results do not depend on the
+        count).
 
     Raises
     ------

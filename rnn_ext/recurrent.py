@@ -80,11 +80,6 @@ def via_UT(s: Stack, T: int, B: int, ids: bool) -> bool:
     return ids and T * B >= s.D
 
 
-# B = 1 runs the packed recurrence up to this hidden size (W: 4·H² bytes, 1 MiB
-# at 512: within a core's L2 cache on current x86-64 and Arm server cores).
-PACKED_B1_MAX_H = 512
-
-
 def scratch_needs(s: Stack, T: int, B: int, ids: bool, packed: bool) -> tuple[bool, bool]:
     """(WT, UT): whether a pass takes W.T as scratch, for a GEMM per step when
     B > 1 (no-transpose GEMMs are the fast ones at small B; the packed
@@ -106,22 +101,19 @@ _F32 = np.dtype(np.float32)
 
 def use_packed(s: Stack, B: int) -> bool:
     """Whether a pass runs the weight-stationary float32 recurrence (src/wsr.h)
-    rather than a BLAS call per step: not for float64, not with
-    ``RNN_EXT_SIMD=blas`` in the environment, and at B = 1 only while W fits
-    a core's L2 cache (H <= PACKED_B1_MAX_H, W at most 1 MiB).
+    rather than a BLAS call per step: for float32, unless ``RNN_EXT_SIMD=blas``
+    is in the environment.
 
-    At B = 1 each step is a matrix-vector product that reads all of W.  While
-    W stays in a core's cache the micro-kernel, which keeps W packed and the
-    step's epilogue fused, is 0.65-0.85x the time of a GEMV per step
-    (``benchmarks/compare_builds.py``, H = 64-256); at H = 1024 (4 MiB) every
-    step streams W from the shared cache either way, and packing it once per
-    pass is pure cost: 1.02-1.14x the time on one thread.  The rule depends
-    on the shapes alone, never on the thread count, so a pass's bits do not
-    either.
+    At B = 1 each step is a matrix-vector product that reads all of W; the
+    micro-kernel keeps W packed, fuses the step's epilogue and runs every
+    other step's columns backwards, so that a W larger than L2 (4 MiB at
+    H = 1024) comes back from L2 in part rather than from the shared cache:
+    0.6-0.9x the time of a GEMV per step on one thread at H = 64-1024
+    (``benchmarks/compare_builds.py``; a GEMV per step with packing and no
+    alternation was 1.02-1.14x at H = 1024).  The rule depends on the dtype
+    alone, never on the thread count, so a pass's bits do not either.
     """
-    if s.dtype != _F32 or os.environ.get("RNN_EXT_SIMD") == "blas":
-        return False
-    return B >= 2 or s.H <= PACKED_B1_MAX_H
+    return s.dtype == _F32 and os.environ.get("RNN_EXT_SIMD") != "blas"
 
 
 def packed_scratch(s: Stack, B: int) -> np.ndarray | None:

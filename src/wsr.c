@@ -326,6 +326,10 @@ static int step_setup(const wsr_job* job, int i, wsr_step* s, const float** fill
     return t;
 }
 
+/* columns per kernel call when a step runs its columns backwards: whole
+ * panels, a few tiles of every shape (src/wsr_avx512.c: 32, 64 or 128 columns) */
+#define ZIGZAG_COLS (4 * WSR_NR)
+
 /* Thread tid of job->nthreads: every step for its own panels, a barrier
  * after each (the last one also tells the caller the job is done). */
 static void job_run(const wsr_job* job, int tid) {
@@ -362,7 +366,19 @@ static void job_run(const wsr_job* job, int tid) {
             }
         }
         if (c0 < c1) {
-            job->kernel(&s, c0, c1);
+            /* every other step runs its columns last to first: the panels a
+             * step read last are still in L2 when the next one starts (W
+             * larger than L2 then streams from L3 only in part); the order
+             * of the tiles changes no result */
+            if (i % 2 == 0) {
+                job->kernel(&s, c0, c1);
+            } else {
+                for (int hi = c1; hi > c0;) {
+                    const int lo = c0 + (hi - 1 - c0) / ZIGZAG_COLS * ZIGZAG_COLS;
+                    job->kernel(&s, lo, hi);
+                    hi = lo;
+                }
+            }
             if (job->lengths != NULL) {
                 for (int b = 0; b < B; b++) {
                     if (t < job->lengths[b]) continue;

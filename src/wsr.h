@@ -11,6 +11,10 @@
  * the threads meet once per step; every output element is one fixed chain of
  * fused multiply-adds over k = 0 .. H-1, so results are bit-identical for
  * every thread count (they differ between instruction-set paths, by rounding).
+ * Every other step runs a thread's columns last to first, so that the panels
+ * the step before read last are still in L2 when W is larger than L2 (at
+ * B = 1, H = 1024 on one thread: 0.69x the time of a GEMV per step); the
+ * order of the tiles changes no result.
  *
  * Instruction-set paths: "avx512" (AVX-512F), "avx2" (AVX2 + FMA), "neon"
  * (aarch64 Advanced SIMD) and "portable" (plain C), chosen once, at the first

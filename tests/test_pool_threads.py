@@ -44,10 +44,9 @@ def test_model_pass_bit_identical_for_every_thread_count(case):
     T, B, D, H, K = 20, 16, 200, 160, 200
     kw = {}
     if case == "batch-one":
-        # B = 1 runs the packed recurrence while W fits a core's cache, and a
-        # step of B·H·H = 2^16 multiply-adds is split over the threads
+        # B = 1 runs the packed recurrence too, and a step of B·H·H = 2^16
+        # multiply-adds is split over the threads
         B, H = 1, 256
-        assert rnn_ext.recurrent.PACKED_B1_MAX_H >= H
         assert B * H * H >= _threads.POOL_MIN_STEP
         model = rnn_ext.RNN(D, H, K, seed=4)
         x = rng.integers(0, D, size=(T, B))
@@ -133,11 +132,9 @@ def test_pool_runs_one_thread_when_a_step_is_too_small_to_split():
         assert _threads.pool_threads(100, 1, 65, 256, 65)[1] == 2
 
 
-def test_batch_one_packs_only_while_W_fits_a_core_cache():
-    from rnn_ext.recurrent import PACKED_B1_MAX_H, use_packed
-    f32 = rnn_ext.Recurrent(4, PACKED_B1_MAX_H, seed=0)._stack
-    big = rnn_ext.Recurrent(4, PACKED_B1_MAX_H + 1, seed=0)._stack
+def test_float32_passes_pack_at_every_batch_size_float64_never():
+    from rnn_ext.recurrent import use_packed
+    f32 = rnn_ext.Recurrent(4, 1024, seed=0)._stack
     f64 = rnn_ext.Recurrent(4, 64, dtype=np.float64, seed=0)._stack
     assert use_packed(f32, 1) and use_packed(f32, 2)
-    assert not use_packed(big, 1) and use_packed(big, 2)
     assert not use_packed(f64, 1) and not use_packed(f64, 2)
