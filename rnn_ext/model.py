@@ -608,7 +608,7 @@ class RNN:
                 self.layer._flat, self._offs, s.D, s.H, self.head._params["V"],
                 self.head._params.get("c"), s.relu, layout.size, layout.offset("V"),
                 layout.offset("c") if "c" in layout.names else -1)
-        packed = use_packed(s, B)
+        packed = use_packed(s, T, B)
         ctx, n = plan_threads(s, T, B, K, packed)
         need_WT, need_UT = scratch_needs(s, T, B, True, packed)
         with ctx:

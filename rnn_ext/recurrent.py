@@ -99,26 +99,36 @@ def scratch(s: Stack, T: int, B: int, ids: bool,
 _F32 = np.dtype(np.float32)
 
 
-def use_packed(s: Stack, B: int) -> bool:
+# Fewer rows than this (T·B) and a pass makes a BLAS call per step instead:
+# packing W costs about as much as PACKED_MIN_ROWS steps of B = 1 save
+# (packing both layouts at H = 128: 11 µs; the packed step saves ~1 µs).
+PACKED_MIN_ROWS = 16
+
+
+def use_packed(s: Stack, T: int, B: int) -> bool:
     """Whether a pass runs the weight-stationary float32 recurrence (src/wsr.h)
-    rather than a BLAS call per step: for float32, unless ``RNN_EXT_SIMD=blas``
-    is in the environment.
+    rather than a BLAS call per step: for float32 with at least
+    PACKED_MIN_ROWS rows (T·B), unless ``RNN_EXT_SIMD=blas`` is in the
+    environment.
 
     At B = 1 each step is a matrix-vector product that reads all of W; the
     micro-kernel keeps W packed, fuses the step's epilogue and runs every
     other step's columns backwards, so that a W larger than L2 (4 MiB at
     H = 1024) comes back from L2 in part rather than from the shared cache:
-    0.6-0.9x the time of a GEMV per step on one thread at H = 64-1024
-    (``benchmarks/compare_builds.py``; a GEMV per step with packing and no
-    alternation was 1.02-1.14x at H = 1024).  The rule depends on the dtype
-    alone, never on the thread count, so a pass's bits do not either.
+    0.6-0.9x the time of a GEMV per step on one thread at H = 64-1024 and
+    T = 25-100 (``benchmarks/compare_builds.py``; packing with no alternation
+    was 1.02-1.14x at H = 1024).  A pass of a step or a few packs W for
+    nothing: at T = B = 1 it doubled the fixed cost of a call.  The rule
+    depends on the shapes alone, never on the thread count, so a pass's bits
+    do not either.
     """
-    return s.dtype == _F32 and os.environ.get("RNN_EXT_SIMD") != "blas"
+    return (s.dtype == _F32 and T * B >= PACKED_MIN_ROWS
+            and os.environ.get("RNN_EXT_SIMD") != "blas")
 
 
-def packed_scratch(s: Stack, B: int) -> np.ndarray | None:
+def packed_scratch(s: Stack, T: int, B: int) -> np.ndarray | None:
     """Scratch for the packed W when use_packed says so, else None."""
-    if not use_packed(s, B):
+    if not use_packed(s, T, B):
         return None
     return np.empty(_kernels.wsr_packed_size(s.H), dtype=np.float32)
 
@@ -139,7 +149,7 @@ def plan_threads(s: Stack, T: int, B: int, K: int, packed: bool) -> tuple[Any, i
 def pass_plan(s: Stack, T: int, B: int, K: int) -> tuple[Any, np.ndarray | None, int]:
     """(threads context, packed scratch or None, n) for one pass with output
     size K, as use_packed and plan_threads say."""
-    packed = packed_scratch(s, B)
+    packed = packed_scratch(s, T, B)
     ctx, n = plan_threads(s, T, B, K, packed is not None)
     return ctx, packed, n
 

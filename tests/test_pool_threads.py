@@ -133,8 +133,11 @@ def test_pool_runs_one_thread_when_a_step_is_too_small_to_split():
 
 
 def test_float32_passes_pack_at_every_batch_size_float64_never():
-    from rnn_ext.recurrent import use_packed
+    from rnn_ext.recurrent import PACKED_MIN_ROWS, use_packed
     f32 = rnn_ext.Recurrent(4, 1024, seed=0)._stack
     f64 = rnn_ext.Recurrent(4, 64, dtype=np.float64, seed=0)._stack
-    assert use_packed(f32, 1) and use_packed(f32, 2)
-    assert not use_packed(f64, 1) and not use_packed(f64, 2)
+    assert use_packed(f32, PACKED_MIN_ROWS, 1) and use_packed(f32, 25, 1)
+    assert use_packed(f32, 1, PACKED_MIN_ROWS) and use_packed(f32, 100, 2)
+    # a pass of a few rows makes a BLAS call per step: packing W would cost more
+    assert not use_packed(f32, 1, 1) and not use_packed(f32, PACKED_MIN_ROWS - 1, 1)
+    assert not use_packed(f64, 100, 1) and not use_packed(f64, 100, 32)
