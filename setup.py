@@ -72,14 +72,16 @@ extensions = [
         extra_compile_args=compile_args + wsr_link_args,
         extra_link_args=link_args + wsr_link_args,
     ),
-    # Optimizer steps and clipping over flat buffers.  No errno from sqrt
+    # Optimizer steps and clipping over flat buffers, their arrays checked
+    # through NumPy's C API.  No errno from sqrt
     # (its arguments are sums of squares), so the loops vectorise; no fused
     # multiply-adds, so every instruction-set clone rounds alike (src/_flat.h).
     Extension(
         "rnn_ext._flat",
         ["src/_flat.pyx"],
         depends=["src/_flat.h", "src/_flat_loops.h"],
-        include_dirs=["src"],
+        include_dirs=["src", NUMPY_INCLUDE],
+        define_macros=NUMPY_MACROS,
         extra_compile_args=compile_args
         + ([] if sys.platform == "win32" else ["-fno-math-errno", "-ffp-contract=off"]),
         extra_link_args=link_args,

@@ -9,7 +9,12 @@
 #   3. the C kernels compiled for Windows with x86_64-w64-mingw32-gcc
 #      (-Wall -Wextra -Werror; Win32 threads) and the check linked;
 #   4. where clang is installed (not installed by this step), the C check
-#      built with clang -Werror and run natively.
+#      built with clang -Werror and run natively;
+#   5. tests/c/div_const_check.c: Adam's division by its bias correction
+#      with fused multiply-adds (src/_flat_loops.h) against the division, for
+#      every float32 significand, natively (FMA instructions, and the library
+#      fmaf of the baseline target), under qemu-aarch64, and compiled for
+#      Windows.
 # Missing cross tools are installed first with apt-get (needs root).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -80,3 +85,21 @@ if command -v clang > /dev/null; then
 else
     echo "clang not installed: its build of the C kernels not checked here"
 fi
+
+flat_flags=(-O3 -Wall -Wextra -Werror -Wno-unused-function -fno-math-errno -fno-trapping-math
+            -ffp-contract=off -I"$ROOT/src")
+log "Adam's fused division (tests/c/div_const_check.c): native, aarch64 under qemu, Windows"
+if [[ $(uname -m) == x86_64 ]]; then
+    gcc "${flat_flags[@]}" -march=x86-64-v3 "$ROOT/tests/c/div_const_check.c" -o "$out/div_const-v3" -lm
+    "$out/div_const-v3" 100 50
+    gcc "${flat_flags[@]}" "$ROOT/tests/c/div_const_check.c" -o "$out/div_const-base" -lm
+    "$out/div_const-base" 3 3
+else
+    gcc "${flat_flags[@]}" "$ROOT/tests/c/div_const_check.c" -o "$out/div_const" -lm
+    "$out/div_const" 100 50
+fi
+aarch64-linux-gnu-gcc "${flat_flags[@]}" -static "$ROOT/tests/c/div_const_check.c" \
+    -o "$out/div_const-aarch64" -lm
+qemu-aarch64 "$out/div_const-aarch64" 2 2
+x86_64-w64-mingw32-gcc "${flat_flags[@]}" "$ROOT/tests/c/div_const_check.c" -o "$out/div_const.exe"
+echo "compiled warning-free for Windows: div_const.exe"

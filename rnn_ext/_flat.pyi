@@ -9,6 +9,7 @@ import numpy.typing as npt
 _F = npt.NDArray[np.floating]
 
 SIMD_CLONES: bool
+FUSED_DIVISION: bool
 
 def first_nonfinite(a: _F) -> int: ...
 def sumsq(a: _F) -> float: ...

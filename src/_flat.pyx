@@ -8,6 +8,11 @@ dtypes, sizes and finiteness before calling; here only the sizes are guarded
 again.  The loops themselves are in _flat_loops.h (see _flat.h for the
 instruction-set clones).
 
+The arguments are plain ndarrays checked through NumPy's C API (tens of
+nanoseconds each) rather than typed memoryviews: a fused-type memoryview
+dispatch cost about a microsecond for Adam's four arrays, a tenth of the
+whole update at H = 128.
+
 The update rules are torch.optim's single-tensor implementations (no weight
 decay, no lr decay, dampening 0, no Nesterov, no AMSGrad) with the same
 float operations in the same order, so results agree with PyTorch to
@@ -17,11 +22,14 @@ never do.  Scalars arrive as Python floats; what PyTorch computes in Python
 that meets an array is then rounded to the array's dtype, as PyTorch rounds
 a Python scalar to a tensor's dtype.
 """
-from cython cimport floating
+cimport numpy as cnp
 from libc.math cimport fabs, pow
+
+cnp.import_array()
 
 cdef extern from "_flat.h" nogil:
     bint RNN_EXT_FLAT_HAVE_CLONES
+    int rnn_ext_flat_fused()
     Py_ssize_t rnn_ext_first_nonfinite_f(const float* x, Py_ssize_t n)
     Py_ssize_t rnn_ext_first_nonfinite_d(const double* x, Py_ssize_t n)
     double rnn_ext_sumsq_f(const float* x, Py_ssize_t n)
@@ -40,145 +48,187 @@ cdef extern from "_flat.h" nogil:
                            double e)
     void rnn_ext_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float w,
                         float one_w, int small, float b2, float c2, float nss, float bc2,
-                        float e)
+                        float rbc2, float e, int fused)
     void rnn_ext_adam_d(double* p, const double* g, double* m, double* v, Py_ssize_t n,
                         double w, double one_w, int small, double b2, double c2, double nss,
-                        double bc2, double e)
+                        double bc2, double rbc2, double e, int fused)
 
 #: True when the loops also carry x86-64-v3 and -v4 clones, picked at load.
 SIMD_CLONES = bool(RNN_EXT_FLAT_HAVE_CLONES)
+#: True when float32 Adam divides by its bias correction with fused
+#: multiply-adds (the same bits as the division; _flat_loops.h, div_const).
+cdef int FUSED = rnn_ext_flat_fused()
+FUSED_DIVISION = bool(FUSED)
 
 
-cdef inline int same_size(Py_ssize_t n, Py_ssize_t m, str what) except -1:
-    # The Python side validates everything; this guards the buffers against a
-    # caller that bypassed it.
-    if n != m:
-        raise ValueError(f"rnn_ext._flat: {what} has {m} elements, expected {n}")
-    return 0
+cdef inline int dtype_of(object a, str name) except -1:
+    """The NumPy type number of ``a``, the first array of a call: float32 or float64."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"rnn_ext._flat: {name} must be a numpy array, got {type(a).__name__}")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise TypeError(f"rnn_ext._flat: {name} has dtype {a.dtype}, expected float32 or float64")
+    return t
+
+
+cdef inline char* data_of(object a, str name, int typenum, Py_ssize_t n, bint writeable,
+                          bint first=False) except NULL:
+    """a's data, once a is checked to be a 1-D C-contiguous ndarray of typenum with n
+    elements (and writeable when asked; n < 0 takes any size).  The Python side
+    validates everything; this guards the buffers against a caller that bypassed it."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"rnn_ext._flat: {name} must be a numpy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"rnn_ext._flat: {name} must be 1-D and C-contiguous, got shape "
+                         f"{a.shape} with strides {a.strides}")
+    if cnp.PyArray_TYPE(arr) != typenum:
+        raise TypeError(f"rnn_ext._flat: {name} has dtype {a.dtype}, expected "
+                        f"{'float32' if typenum == cnp.NPY_FLOAT32 else 'float64'}")
+    if n >= 0 and cnp.PyArray_DIMS(arr)[0] != n:
+        raise ValueError(f"rnn_ext._flat: {name} has {cnp.PyArray_DIMS(arr)[0]} elements, "
+                         f"expected {n}")
+    if writeable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"rnn_ext._flat: {name} is read-only")
+    return <char*>cnp.PyArray_DATA(arr)
+
+
+cdef inline Py_ssize_t size_of(object a):
+    return cnp.PyArray_DIMS(<cnp.ndarray>a)[0]
 
 
 # ---------------------------------------------------------------------------
 # checks and clipping
 
 
-def first_nonfinite(const floating[::1] a not None):
+def first_nonfinite(a):
     """Index of the first NaN or infinite element of ``a``, or -1 if all are finite.
 
     Equivalent to ``np.flatnonzero(~np.isfinite(a))[0]`` (or -1), in one pass.
     """
-    cdef Py_ssize_t n = a.shape[0], k = -1
+    cdef int t = dtype_of(a, "a")
+    cdef char* pa = data_of(a, "a", t, -1, False)
+    cdef Py_ssize_t n = size_of(a), k = -1
     if n == 0:
         return -1
     with nogil:
-        if floating is float:
-            k = rnn_ext_first_nonfinite_f(&a[0], n)
+        if t == cnp.NPY_FLOAT32:
+            k = rnn_ext_first_nonfinite_f(<const float*>pa, n)
         else:
-            k = rnn_ext_first_nonfinite_d(&a[0], n)
+            k = rnn_ext_first_nonfinite_d(<const double*>pa, n)
     return k
 
 
-def sumsq(const floating[::1] a not None):
+def sumsq(a):
     """``sum(a * a)`` accumulated in double, for either dtype.
 
     Eight partial sums taken in turn, then added: the result differs from a
     left-to-right sum by double rounding only.  clip_grad_norm's total norm
     is ``sqrt`` of the sum of sumsq over its buffers.
     """
-    cdef Py_ssize_t n = a.shape[0]
+    cdef int t = dtype_of(a, "a")
+    cdef char* pa = data_of(a, "a", t, -1, False)
+    cdef Py_ssize_t n = size_of(a)
     cdef double s = 0
     if n == 0:
         return 0.0
     with nogil:
-        if floating is float:
-            s = rnn_ext_sumsq_f(&a[0], n)
+        if t == cnp.NPY_FLOAT32:
+            s = rnn_ext_sumsq_f(<const float*>pa, n)
         else:
-            s = rnn_ext_sumsq_d(&a[0], n)
+            s = rnn_ext_sumsq_d(<const double*>pa, n)
     return s
 
 
-def scale(floating[::1] g not None, double s):
+def scale(g, double s):
     """``g *= s`` in place, s rounded to g's dtype (torch's ``g.mul_(clip_coef)``)."""
-    cdef Py_ssize_t n = g.shape[0]
+    cdef int t = dtype_of(g, "g")
+    cdef char* pg = data_of(g, "g", t, -1, True)
+    cdef Py_ssize_t n = size_of(g)
     if n == 0:
         return
     with nogil:
-        if floating is float:
-            rnn_ext_scale_f(&g[0], n, <float>s)
+        if t == cnp.NPY_FLOAT32:
+            rnn_ext_scale_f(<float*>pg, n, <float>s)
         else:
-            rnn_ext_scale_d(&g[0], n, s)
+            rnn_ext_scale_d(<double*>pg, n, s)
 
 
-def clip_value(floating[::1] g not None, double v):
+def clip_value(g, double v):
     """``g := clip(g, -v, v)`` in place, v rounded to g's dtype; NaN stays NaN.
 
     As ``np.clip(g, -v, v, out=g)`` and ``torch.Tensor.clamp_(-v, v)``.
     """
-    cdef Py_ssize_t n = g.shape[0]
+    cdef int t = dtype_of(g, "g")
+    cdef char* pg = data_of(g, "g", t, -1, True)
+    cdef Py_ssize_t n = size_of(g)
     if n == 0:
         return
     with nogil:
-        if floating is float:
-            rnn_ext_clip_value_f(&g[0], n, <float>v)
+        if t == cnp.NPY_FLOAT32:
+            rnn_ext_clip_value_f(<float*>pg, n, <float>v)
         else:
-            rnn_ext_clip_value_d(&g[0], n, v)
+            rnn_ext_clip_value_d(<double*>pg, n, v)
 
 
 # ---------------------------------------------------------------------------
 # optimizer steps: p and the slots are written, g is only read
 
 
-def sgd_step(floating[::1] p not None, const floating[::1] g not None,
-             floating[::1] buf not None, double lr, double momentum, Py_ssize_t step):
+def sgd_step(p, g, buf, double lr, double momentum, Py_ssize_t step):
     """One SGD step (``torch.optim.SGD``, dampening 0, no Nesterov), in place.
 
     momentum == 0:    p := p + (-lr) * g                       (buf untouched)
     step == 1:        buf := g;                   p := p + (-lr) * buf
     later steps:      buf := buf * momentum + g;  p := p + (-lr) * buf
 
-    p, g, buf : ndarray of shape (n,)
+    p, g, buf : ndarray of shape (n,), one floating dtype
     step : the number of the step being taken, from 1
     """
-    cdef Py_ssize_t n = p.shape[0]
-    same_size(n, g.shape[0], "g")
-    same_size(n, buf.shape[0], "buf")
+    cdef int t = dtype_of(p, "p")
+    cdef char* pp = data_of(p, "p", t, -1, True)
+    cdef Py_ssize_t n = size_of(p)
+    cdef char* pg = data_of(g, "g", t, n, False)
+    cdef char* pb = data_of(buf, "buf", t, n, True)
     # param.add_(grad, alpha=-lr); buf = grad.clone() or buf.mul_(momentum).add_(grad)
     cdef int mode = 0 if momentum == 0 else (1 if step == 1 else 2)
     if n == 0:
         return
     with nogil:
-        if floating is float:
-            rnn_ext_sgd_f(&p[0], &g[0], &buf[0], n, <float>(-lr), <float>momentum, mode)
+        if t == cnp.NPY_FLOAT32:
+            rnn_ext_sgd_f(<float*>pp, <const float*>pg, <float*>pb, n, <float>(-lr),
+                          <float>momentum, mode)
         else:
-            rnn_ext_sgd_d(&p[0], &g[0], &buf[0], n, -lr, momentum, mode)
+            rnn_ext_sgd_d(<double*>pp, <const double*>pg, <double*>pb, n, -lr, momentum, mode)
 
 
-def adagrad_step(floating[::1] p not None, const floating[::1] g not None,
-                 floating[::1] sums not None, double lr, double eps, Py_ssize_t step):
+def adagrad_step(p, g, sums, double lr, double eps, Py_ssize_t step):
     """One Adagrad step (``torch.optim.Adagrad``, lr_decay 0, accumulator from 0), in place.
 
     clr  = lr / (1 + (step - 1) * lr_decay)          (= lr)
     sums := sums + g * g                             (state_sum.addcmul_(g, g, value=1))
     p    := p + (-clr * g) / (sqrt(sums) + eps)      (p.addcdiv_(g, std, value=-clr))
 
-    p, g, sums : ndarray of shape (n,)
+    p, g, sums : ndarray of shape (n,), one floating dtype
     step : the number of the step being taken, from 1
     """
-    cdef Py_ssize_t n = p.shape[0]
-    same_size(n, g.shape[0], "g")
-    same_size(n, sums.shape[0], "sums")
+    cdef int t = dtype_of(p, "p")
+    cdef char* pp = data_of(p, "p", t, -1, True)
+    cdef Py_ssize_t n = size_of(p)
+    cdef char* pg = data_of(g, "g", t, n, False)
+    cdef char* ps = data_of(sums, "sums", t, n, True)
     cdef double clr = lr / (1 + (step - 1) * 0.0)
     if n == 0:
         return
     with nogil:
-        if floating is float:
-            rnn_ext_adagrad_f(&p[0], &g[0], &sums[0], n, <float>(-clr), <float>eps)
+        if t == cnp.NPY_FLOAT32:
+            rnn_ext_adagrad_f(<float*>pp, <const float*>pg, <float*>ps, n, <float>(-clr),
+                              <float>eps)
         else:
-            rnn_ext_adagrad_d(&p[0], &g[0], &sums[0], n, -clr, eps)
+            rnn_ext_adagrad_d(<double*>pp, <const double*>pg, <double*>ps, n, -clr, eps)
 
 
-def adam_step(floating[::1] p not None, const floating[::1] g not None,
-              floating[::1] m not None, floating[::1] v not None,
-              double lr, double beta1, double beta2, double eps, Py_ssize_t step):
+def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_ssize_t step):
     """One Adam step (``torch.optim.Adam``, no weight decay, no AMSGrad), in place.
 
     m := lerp(m, g, 1 - beta1)                (exp_avg.lerp_(g, 1 - beta1))
@@ -186,28 +236,32 @@ def adam_step(floating[::1] p not None, const floating[::1] g not None,
     p := p + (-step_size * m) / (sqrt(v) / bias_correction2_sqrt + eps)   (p.addcdiv_(m, denom))
     with step_size = lr / (1 - beta1**step), bias_correction2_sqrt = (1 - beta2**step) ** 0.5
 
-    p, g, m, v : ndarray of shape (n,)
+    p, g, m, v : ndarray of shape (n,), one floating dtype
     step : the number of the step being taken, from 1
     """
-    cdef Py_ssize_t n = p.shape[0]
-    same_size(n, g.shape[0], "g")
-    same_size(n, m.shape[0], "m")
-    same_size(n, v.shape[0], "v")
+    cdef int t = dtype_of(p, "p")
+    cdef char* pp = data_of(p, "p", t, -1, True)
+    cdef Py_ssize_t n = size_of(p)
+    cdef char* pg = data_of(g, "g", t, n, False)
+    cdef char* pm = data_of(m, "m", t, n, True)
+    cdef char* pv = data_of(v, "v", t, n, True)
     # as torch, in Python floats
     cdef double step_size = lr / (1 - pow(beta1, <double>step))
     cdef double bc2_sqrt = pow(1 - pow(beta2, <double>step), 0.5)
     # torch.lerp(m, g, w) is m + w (g - m) for |w| < 0.5, else g - (g - m) (1 - w),
     # with w and 1 - w in the tensor's dtype
-    cdef floating w = <floating>(1 - beta1)
-    cdef floating one_w = 1 - w
-    cdef int small = fabs(w) < 0.5
+    cdef double w = 1 - beta1
+    cdef float w_f = <float>w
+    cdef int small = fabs(w_f if t == cnp.NPY_FLOAT32 else w) < 0.5
+    cdef float bc2_f = <float>bc2_sqrt
     if n == 0:
         return
     with nogil:
-        if floating is float:
-            rnn_ext_adam_f(&p[0], &g[0], &m[0], &v[0], n, w, one_w, small, <float>beta2,
-                           <float>(1 - beta2), <float>(-step_size), <float>bc2_sqrt,
-                           <float>eps)
+        if t == cnp.NPY_FLOAT32:
+            rnn_ext_adam_f(<float*>pp, <const float*>pg, <float*>pm, <float*>pv, n, w_f,
+                           1 - w_f, small, <float>beta2, <float>(1 - beta2),
+                           <float>(-step_size), bc2_f, 1 / bc2_f, <float>eps, FUSED)
         else:
-            rnn_ext_adam_d(&p[0], &g[0], &m[0], &v[0], n, w, one_w, small, beta2, 1 - beta2,
-                           -step_size, bc2_sqrt, eps)
+            rnn_ext_adam_d(<double*>pp, <const double*>pg, <double*>pm, <double*>pv, n, w,
+                           1 - w, small, beta2, 1 - beta2, -step_size, bc2_sqrt,
+                           1 / bc2_sqrt, eps, 0)

@@ -4,6 +4,7 @@
  *     real        float or double
  *     INT         an integer type as wide as real: int32_t or int64_t
  *     SQRT        sqrtf or sqrt
+ *     FMA         fmaf or fma
  *     FLAT(name)  the function's name with the type's suffix
  *
  * Every array is (n,), contiguous; p the parameters, g the gradient, the rest
@@ -100,12 +101,32 @@ static void FLAT(adagrad)(real *p, const real *g, real *s, ptrdiff_t n, real ncl
     }
 }
 
+/* sqrt(v) / bc2 for Adam, rounded once, as the division rounds it.
+ * With fused != 0 the division by the constant bc2 is done without the
+ * divider (Markstein's theorem: with y = RN(1/bc2) and q = RN(a y) within an
+ * ulp of a/bc2, the residual r = a - bc2 q is exact in one fused multiply-add
+ * and RN(q + r y) is RN(a / bc2)); the divider is then left to the one
+ * division per element that has no constant divisor.  An infinite or NaN q
+ * (from v = inf or NaN) is kept as it is, as the division would give it.
+ * fused is non-zero only where FMA is an instruction (rnn_ext_flat_fused). */
+#define ADAM_DENOM(vi)                                                        \
+    (fused ? FLAT(div_const)(SQRT(vi), bc2, rbc2) : SQRT(vi) / bc2)
+
+static inline real FLAT(div_const)(real a, real b, real y) {
+    const real q = a * y;
+    const real r = FMA(-q, b, a);
+    const real q2 = FMA(r, y, q);
+    return q - q == 0 ? q2 : q;
+}
+
 /* Adam:  m := lerp(m, g, w)   (m + w (g - m) when small, else g - (g - m) one_w)
  *        v := v * b2 + (c2 * g) * g
- *        p := p + (nss * m) / (sqrt(v) / bc2 + e) */
+ *        p := p + (nss * m) / (sqrt(v) / bc2 + e)
+ * rbc2 = RN(1 / bc2), used when fused != 0 (ADAM_DENOM). */
 RNN_EXT_FLAT_CLONES
 static void FLAT(adam)(real *p, const real *g, real *m, real *v, ptrdiff_t n, real w,
-                       real one_w, int small, real b2, real c2, real nss, real bc2, real e) {
+                       real one_w, int small, real b2, real c2, real nss, real bc2, real rbc2,
+                       real e, int fused) {
     if (small) {
         for (ptrdiff_t i = 0; i < n; i++) {
             const real gi = g[i];
@@ -113,7 +134,7 @@ static void FLAT(adam)(real *p, const real *g, real *m, real *v, ptrdiff_t n, re
             const real vi = v[i] * b2 + (c2 * gi) * gi;
             m[i] = mi;
             v[i] = vi;
-            p[i] = p[i] + (nss * mi) / (SQRT(vi) / bc2 + e);
+            p[i] = p[i] + (nss * mi) / (ADAM_DENOM(vi) + e);
         }
     } else {
         for (ptrdiff_t i = 0; i < n; i++) {
@@ -122,7 +143,8 @@ static void FLAT(adam)(real *p, const real *g, real *m, real *v, ptrdiff_t n, re
             const real vi = v[i] * b2 + (c2 * gi) * gi;
             m[i] = mi;
             v[i] = vi;
-            p[i] = p[i] + (nss * mi) / (SQRT(vi) / bc2 + e);
+            p[i] = p[i] + (nss * mi) / (ADAM_DENOM(vi) + e);
         }
     }
 }
+#undef ADAM_DENOM

@@ -125,3 +125,20 @@ def test_read_only_gradient_is_accepted_and_sizes_are_guarded():
     p.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         _flat.adagrad_step(p, g, m, 0.1, 1e-8, 1)
+
+
+def test_arguments_are_checked_before_any_write():
+    p, g, m, v = (np.zeros(4, np.float32) for _ in range(4))
+    with pytest.raises(TypeError, match="p must be a numpy array, got list"):
+        _flat.adam_step([0.0] * 4, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1)
+    with pytest.raises(TypeError, match="p has dtype int64, expected float32 or float64"):
+        _flat.sgd_step(np.zeros(4, np.int64), g, m, 0.1, 0.0, 1)
+    with pytest.raises(TypeError, match="m has dtype float64, expected float32"):
+        _flat.adam_step(p, g, np.zeros(4), v, 1e-3, 0.9, 0.999, 1e-8, 1)
+    with pytest.raises(ValueError, match=r"g must be 1-D and C-contiguous, got shape \(2, 2\)"):
+        _flat.adagrad_step(p, g.reshape(2, 2), m, 0.1, 1e-8, 1)
+    with pytest.raises(ValueError, match="a must be 1-D and C-contiguous"):
+        _flat.first_nonfinite(np.zeros(8, np.float32)[::2])
+    with pytest.raises(TypeError, match="g must be a numpy array, got NoneType"):
+        _flat.clip_value(None, 1.0)
+    assert not p.any() and not m.any() and not v.any()
