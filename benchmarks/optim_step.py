@@ -4,8 +4,10 @@
     python benchmarks/optim_step.py --baseline main    # also the optim/clip of a git ref
 
 Times, per call: ``Adam.step(g)``, ``clip_grad_value(g, 5)``, ``loss_and_grad``
-alone, and a complete training step (``loss_and_grad``, ``clip_grad_value``,
-``Adam.step``, as rnn_ext.training.Trainer does it).  With ``--baseline REF``
+alone, and a complete training step two ways: ``loss_and_grad``,
+``clip_grad_value``, ``Adam.step``; and ``loss_and_grad``,
+``Adam.step(g, clip_value=5)`` (the clip in the update's loop, as
+rnn_ext.training.Trainer does it).  With ``--baseline REF``
 the modules rnn_ext/optim.py and rnn_ext/clip.py of that git ref are loaded
 beside the current ones (as the package ``baseline``; they import nothing
 else of rnn_ext) and timed on the same model in the same rounds.  Every
@@ -47,7 +49,8 @@ def load_baseline(ref):
         with open(os.path.join(where, f"{name}.py"), "w") as f:
             f.write(text)
     pkg = types.ModuleType("baseline")
-    pkg.__path__ = [where]
+    # their `from . import _flat` takes the current compiled loops
+    pkg.__path__ = [where, os.path.dirname(rnn_ext.__file__)]
     sys.modules["baseline"] = pkg
     return importlib.import_module("baseline.optim"), importlib.import_module("baseline.clip")
 
@@ -97,6 +100,12 @@ def main(argv=None):
         opt.step(gg)
 
     ops["training step"] = train_step
+
+    def train_step_fused(opt=opt):
+        _, gg = m.loss_and_grad(x, y)
+        opt.step(gg, clip_value=5.0)
+
+    ops["training step, clip in step"] = train_step_fused
     if args.baseline:
         old_optim, old_clip = load_baseline(args.baseline)
         old = old_optim.Adam(m)

@@ -72,10 +72,10 @@ def _grad_arrays(grads: Any) -> dict[str, Any]:
 
 def _grad_flat(grads: Any) -> np.ndarray | None:
     """A gradient object's ``.flat`` buffer, or None when it has none."""
-    if isinstance(grads, Mapping):
-        return None
     flat = getattr(grads, "flat", None)
-    return flat if isinstance(flat, np.ndarray) else None
+    if type(flat) is not np.ndarray and not isinstance(flat, np.ndarray):
+        return None
+    return None if isinstance(grads, Mapping) else flat
 
 
 def _as_grad(name: str, g: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -100,6 +100,8 @@ def _cast(g: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _check_positive(name: str, value: Any) -> float:
+    if type(value) is float and 0 < value < math.inf:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
@@ -272,7 +274,8 @@ class Optimizer:
 
     Subclasses name their hyperparameters in ``_hyper`` and their slots in
     ``_slots``, check hyperparameters in ``_check_hyper`` and implement
-    ``_kernel(p, g, slots, step)``: one compiled update of 1-D arrays.
+    ``_kernel(p, g, slots, step, clip)``: one compiled update of 1-D arrays
+    (clip > 0: clamp g in place first).
 
     Parameters
     ----------
@@ -316,7 +319,7 @@ class Optimizer:
 
     # -- the step ---------------------------------------------------------------
 
-    def step(self, grads: Any) -> None:
+    def step(self, grads: Any, clip_value: float | None = None) -> None:
         """Apply one update to the parameters, in place.
 
         Parameters
@@ -331,6 +334,14 @@ class Optimizer:
             PyTorch skips parameters whose ``.grad`` is None.  With several
             pieces, one dict may name parameters of any of them; a None in
             the list skips that piece.
+        clip_value : float > 0 or None
+            Clamp every gradient entry to ``[-clip_value, clip_value]`` in
+            place first: the same gradients and parameters as
+            ``clip_grad_value(grads, clip_value)`` then ``step(grads)``, in
+            one pass over each buffer instead of two when every gradient is
+            its piece's own ``.flat`` layout (else the clip runs first, as
+            ``clip_grad_value``).  Clamping makes an infinity finite, so
+            only a NaN is refused then.
 
         Raises
         ------
@@ -342,12 +353,30 @@ class Optimizer:
         TypeError
             A gradient is not an array of floats, or not a gradient object.
         """
+        cv = 0.0 if clip_value is None else _check_positive("clip_value", clip_value)
+        pairs = self._pair(grads)
         updates: list[_Update] = []
-        for piece, g in self._pair(grads):
+        whole = True
+        for piece, g in pairs:
             if g is not None:
-                self._plan(piece, g, updates)
+                whole = self._plan(piece, g, updates) and whole
+        if cv:
+            if whole:  # each update's loop clamps its gradient buffer itself
+                for u in updates:
+                    if not u[2].flags.writeable:
+                        raise ValueError("gradient .flat is read-only")
+            else:  # some gradient is copied or split: clip the caller's arrays first
+                from .clip import clip_grad_value  # clip imports this module
+
+                clip_grad_value([g for _, g in pairs if g is not None], cv)
+                cv = 0.0
+                updates = []
+                for piece, g in pairs:
+                    if g is not None:
+                        self._plan(piece, g, updates)
+        scan = _flat.first_nan if cv else _flat.first_nonfinite
         for piece, _, g, _, _, which in updates:
-            k = _flat.first_nonfinite(g)
+            k = scan(g)
             if k >= 0:
                 # g starts where its first parameter does
                 name, at = piece.locate(piece.spans[piece.names[which[0]]][0] + k)
@@ -357,7 +386,7 @@ class Optimizer:
                 )
         kernel = self._kernel
         for piece, p, g, slots, step, which in updates:
-            kernel(p, g, slots, step)
+            kernel(p, g, slots, step, cv)
             steps = piece.steps
             for i in which:
                 steps[i] = step
@@ -389,12 +418,16 @@ class Optimizer:
         if unknown:
             raise ValueError(f"gradients for unknown parameters {unknown}; the model has {sorted(known)}")
 
-    def _plan(self, piece: _Piece, grads: Any, updates: list[_Update]) -> None:
-        """Check one piece's gradients and append its updates (nothing is written)."""
+    def _plan(self, piece: _Piece, grads: Any, updates: list[_Update]) -> bool:
+        """Check one piece's gradients and append its updates (nothing is written).
+
+        True when the piece has one update whose gradient is the caller's own
+        ``.flat`` (no copy, the whole buffer): a loop that clips may write it."""
         steps, dtype = piece.steps, piece.dtype
         gflat = _grad_flat(grads) if piece.flat is not None else None
         if gflat is not None:
             flat = piece.current_flat()
+            own = True
             if gflat.shape != (piece.size,):
                 raise ValueError(
                     f"gradient .flat has shape {gflat.shape}, expected ({piece.size},) like "
@@ -403,14 +436,14 @@ class Optimizer:
             if gflat.dtype != dtype:
                 if gflat.dtype.kind != "f":
                     raise TypeError(f"gradient .flat has dtype {gflat.dtype}, expected {dtype}")
-                gflat = _cast(gflat, dtype)
+                gflat, own = _cast(gflat, dtype), False
             elif not gflat.flags.c_contiguous:
-                gflat = np.ascontiguousarray(gflat)
+                gflat, own = np.ascontiguousarray(gflat), False
             s = steps[0] if steps else 0
             if piece.tiled and steps.count(s) == len(steps):
                 # the common case: one loop over everything
                 updates.append((piece, flat, gflat, piece.slots, s + 1, range(len(steps))))
-                return
+                return own
             # runs of adjacent parameters at the same step count
             names, spans = piece.names, piece.spans
             i = 0
@@ -423,7 +456,7 @@ class Optimizer:
                 updates.append((piece, flat[lo:hi], gflat[lo:hi],
                                 tuple(b[lo:hi] for b in piece.slots), steps[i] + 1, range(i, j)))
                 i = j
-            return
+            return False
         named = _grad_arrays(grads)
         self._check_known(named, set(piece.spans))
         dest: np.ndarray | None = None
@@ -443,8 +476,9 @@ class Optimizer:
             else:
                 p = _writable_param(name, params.get(name), shape, dtype)
             updates.append((piece, p, g, tuple(b[lo:hi] for b in piece.slots), steps[i] + 1, (i,)))
+        return False
 
-    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int) -> None:
+    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int, clip: float) -> None:
         raise NotImplementedError
 
     # -- state --------------------------------------------------------------------
@@ -598,8 +632,8 @@ class SGD(Optimizer):
     def _check_hyper(self, lr: Any, momentum: Any) -> dict[str, Any]:  # type: ignore[override]
         return {"lr": _check_positive("lr", lr), "momentum": _check_unit_interval("momentum", momentum)}
 
-    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int) -> None:
-        _flat.sgd_step(p, g, slots[0], self.lr, self.momentum, step)
+    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int, clip: float) -> None:
+        _flat.sgd_step(p, g, slots[0], self.lr, self.momentum, step, clip)
 
 
 class Adagrad(Optimizer):
@@ -633,8 +667,8 @@ class Adagrad(Optimizer):
     def _check_hyper(self, lr: Any, eps: Any) -> dict[str, Any]:  # type: ignore[override]
         return {"lr": _check_positive("lr", lr), "eps": _check_positive("eps", eps)}
 
-    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int) -> None:
-        _flat.adagrad_step(p, g, slots[0], self.lr, self.eps, step)
+    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int, clip: float) -> None:
+        _flat.adagrad_step(p, g, slots[0], self.lr, self.eps, step, clip)
 
 
 class Adam(Optimizer):
@@ -674,9 +708,9 @@ class Adam(Optimizer):
         betas = (_check_unit_interval("betas[0]", beta1), _check_unit_interval("betas[1]", beta2))
         return {"lr": lr, "betas": betas, "eps": _check_positive("eps", eps)}
 
-    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int) -> None:
+    def _kernel(self, p: np.ndarray, g: np.ndarray, slots: tuple, step: int, clip: float) -> None:
         beta1, beta2 = self.betas
-        _flat.adam_step(p, g, slots[0], slots[1], self.lr, beta1, beta2, self.eps, step)
+        _flat.adam_step(p, g, slots[0], slots[1], self.lr, beta1, beta2, self.eps, step, clip)
 
 
 _OPTIMIZERS: dict[str, Any] = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}

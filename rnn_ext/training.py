@@ -454,11 +454,14 @@ class Trainer:
     def _commit_step(self, prepared):
         """Apply a prepared step: clip, update, advance.  Call with signals deferred."""
         loss, g, h_last, chars = prepared
-        if self.clip is not None:
-            clip_grad_value(g, self.clip)
-        if self.clip_norm is not None:
+        if self.clip_norm is None:
+            # clip_grad_value then step, in one pass over the gradient buffer
+            self.optimizer.step(g, clip_value=self.clip)
+        else:
+            if self.clip is not None:
+                clip_grad_value(g, self.clip)
             clip_grad_norm(g, self.clip_norm)
-        self.optimizer.step(g)
+            self.optimizer.step(g)
         bad = _nonfinite(self.model.parameters())
         if bad is not None:  # finite gradients, but the update overflowed
             raise FloatingPointError(

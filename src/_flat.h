@@ -49,6 +49,12 @@ static int rnn_ext_flat_fused(void) {
 #endif
 }
 
+#if defined(_MSC_VER)
+#define RNN_EXT_FLAT_INLINE static __forceinline
+#else
+#define RNN_EXT_FLAT_INLINE static inline __attribute__((always_inline))
+#endif
+
 #define real float
 #define INT int32_t
 #define SQRT sqrtf

@@ -32,26 +32,28 @@ cdef extern from "_flat.h" nogil:
     int rnn_ext_flat_fused()
     Py_ssize_t rnn_ext_first_nonfinite_f(const float* x, Py_ssize_t n)
     Py_ssize_t rnn_ext_first_nonfinite_d(const double* x, Py_ssize_t n)
+    Py_ssize_t rnn_ext_first_nan_f(const float* x, Py_ssize_t n)
+    Py_ssize_t rnn_ext_first_nan_d(const double* x, Py_ssize_t n)
     double rnn_ext_sumsq_f(const float* x, Py_ssize_t n)
     double rnn_ext_sumsq_d(const double* x, Py_ssize_t n)
     void rnn_ext_scale_f(float* x, Py_ssize_t n, float s)
     void rnn_ext_scale_d(double* x, Py_ssize_t n, double s)
     void rnn_ext_clip_value_f(float* x, Py_ssize_t n, float v)
     void rnn_ext_clip_value_d(double* x, Py_ssize_t n, double v)
-    void rnn_ext_sgd_f(float* p, const float* g, float* buf, Py_ssize_t n, float nlr,
-                       float mom, int mode)
-    void rnn_ext_sgd_d(double* p, const double* g, double* buf, Py_ssize_t n, double nlr,
-                       double mom, int mode)
-    void rnn_ext_adagrad_f(float* p, const float* g, float* s, Py_ssize_t n, float nclr,
-                           float e)
-    void rnn_ext_adagrad_d(double* p, const double* g, double* s, Py_ssize_t n, double nclr,
-                           double e)
-    void rnn_ext_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float w,
+    void rnn_ext_sgd_f(float* p, float* g, float* buf, Py_ssize_t n, float nlr,
+                       float mom, int mode, float cv)
+    void rnn_ext_sgd_d(double* p, double* g, double* buf, Py_ssize_t n, double nlr,
+                       double mom, int mode, double cv)
+    void rnn_ext_adagrad_f(float* p, float* g, float* s, Py_ssize_t n, float nclr,
+                           float e, float cv)
+    void rnn_ext_adagrad_d(double* p, double* g, double* s, Py_ssize_t n, double nclr,
+                           double e, double cv)
+    void rnn_ext_adam_f(float* p, float* g, float* m, float* v, Py_ssize_t n, float w,
                         float one_w, int small, float b2, float c2, float nss, float bc2,
-                        float rbc2, float e, int fused)
-    void rnn_ext_adam_d(double* p, const double* g, double* m, double* v, Py_ssize_t n,
+                        float rbc2, float e, int fused, float cv)
+    void rnn_ext_adam_d(double* p, double* g, double* m, double* v, Py_ssize_t n,
                         double w, double one_w, int small, double b2, double c2, double nss,
-                        double bc2, double rbc2, double e, int fused)
+                        double bc2, double rbc2, double e, int fused, double cv)
 
 #: True when the loops also carry x86-64-v3 and -v4 clones, picked at load.
 SIMD_CLONES = bool(RNN_EXT_FLAT_HAVE_CLONES)
@@ -119,6 +121,21 @@ def first_nonfinite(a):
     return k
 
 
+def first_nan(a):
+    """Index of the first NaN of ``a``, or -1: what an update that clips must refuse."""
+    cdef int t = dtype_of(a, "a")
+    cdef char* pa = data_of(a, "a", t, -1, False)
+    cdef Py_ssize_t n = size_of(a), k = -1
+    if n == 0:
+        return -1
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            k = rnn_ext_first_nan_f(<const float*>pa, n)
+        else:
+            k = rnn_ext_first_nan_d(<const double*>pa, n)
+    return k
+
+
 def sumsq(a):
     """``sum(a * a)`` accumulated in double, for either dtype.
 
@@ -172,10 +189,11 @@ def clip_value(g, double v):
 
 
 # ---------------------------------------------------------------------------
-# optimizer steps: p and the slots are written, g is only read
+# optimizer steps: p and the slots are written; g only when clip > 0, which
+# clamps g to [-clip, clip] in place first (clip_value's result), in the same pass
 
 
-def sgd_step(p, g, buf, double lr, double momentum, Py_ssize_t step):
+def sgd_step(p, g, buf, double lr, double momentum, Py_ssize_t step, double clip=0):
     """One SGD step (``torch.optim.SGD``, dampening 0, no Nesterov), in place.
 
     momentum == 0:    p := p + (-lr) * g                       (buf untouched)
@@ -184,11 +202,12 @@ def sgd_step(p, g, buf, double lr, double momentum, Py_ssize_t step):
 
     p, g, buf : ndarray of shape (n,), one floating dtype
     step : the number of the step being taken, from 1
+    clip : > 0 to clamp g to [-clip, clip] in place first (g must be writeable)
     """
     cdef int t = dtype_of(p, "p")
     cdef char* pp = data_of(p, "p", t, -1, True)
     cdef Py_ssize_t n = size_of(p)
-    cdef char* pg = data_of(g, "g", t, n, False)
+    cdef char* pg = data_of(g, "g", t, n, clip > 0)
     cdef char* pb = data_of(buf, "buf", t, n, True)
     # param.add_(grad, alpha=-lr); buf = grad.clone() or buf.mul_(momentum).add_(grad)
     cdef int mode = 0 if momentum == 0 else (1 if step == 1 else 2)
@@ -196,13 +215,13 @@ def sgd_step(p, g, buf, double lr, double momentum, Py_ssize_t step):
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            rnn_ext_sgd_f(<float*>pp, <const float*>pg, <float*>pb, n, <float>(-lr),
-                          <float>momentum, mode)
+            rnn_ext_sgd_f(<float*>pp, <float*>pg, <float*>pb, n, <float>(-lr),
+                          <float>momentum, mode, <float>clip)
         else:
-            rnn_ext_sgd_d(<double*>pp, <const double*>pg, <double*>pb, n, -lr, momentum, mode)
+            rnn_ext_sgd_d(<double*>pp, <double*>pg, <double*>pb, n, -lr, momentum, mode, clip)
 
 
-def adagrad_step(p, g, sums, double lr, double eps, Py_ssize_t step):
+def adagrad_step(p, g, sums, double lr, double eps, Py_ssize_t step, double clip=0):
     """One Adagrad step (``torch.optim.Adagrad``, lr_decay 0, accumulator from 0), in place.
 
     clr  = lr / (1 + (step - 1) * lr_decay)          (= lr)
@@ -211,24 +230,26 @@ def adagrad_step(p, g, sums, double lr, double eps, Py_ssize_t step):
 
     p, g, sums : ndarray of shape (n,), one floating dtype
     step : the number of the step being taken, from 1
+    clip : > 0 to clamp g to [-clip, clip] in place first (g must be writeable)
     """
     cdef int t = dtype_of(p, "p")
     cdef char* pp = data_of(p, "p", t, -1, True)
     cdef Py_ssize_t n = size_of(p)
-    cdef char* pg = data_of(g, "g", t, n, False)
+    cdef char* pg = data_of(g, "g", t, n, clip > 0)
     cdef char* ps = data_of(sums, "sums", t, n, True)
     cdef double clr = lr / (1 + (step - 1) * 0.0)
     if n == 0:
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            rnn_ext_adagrad_f(<float*>pp, <const float*>pg, <float*>ps, n, <float>(-clr),
-                              <float>eps)
+            rnn_ext_adagrad_f(<float*>pp, <float*>pg, <float*>ps, n, <float>(-clr),
+                              <float>eps, <float>clip)
         else:
-            rnn_ext_adagrad_d(<double*>pp, <const double*>pg, <double*>ps, n, -clr, eps)
+            rnn_ext_adagrad_d(<double*>pp, <double*>pg, <double*>ps, n, -clr, eps, clip)
 
 
-def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_ssize_t step):
+def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_ssize_t step,
+              double clip=0):
     """One Adam step (``torch.optim.Adam``, no weight decay, no AMSGrad), in place.
 
     m := lerp(m, g, 1 - beta1)                (exp_avg.lerp_(g, 1 - beta1))
@@ -238,11 +259,12 @@ def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_
 
     p, g, m, v : ndarray of shape (n,), one floating dtype
     step : the number of the step being taken, from 1
+    clip : > 0 to clamp g to [-clip, clip] in place first (g must be writeable)
     """
     cdef int t = dtype_of(p, "p")
     cdef char* pp = data_of(p, "p", t, -1, True)
     cdef Py_ssize_t n = size_of(p)
-    cdef char* pg = data_of(g, "g", t, n, False)
+    cdef char* pg = data_of(g, "g", t, n, clip > 0)
     cdef char* pm = data_of(m, "m", t, n, True)
     cdef char* pv = data_of(v, "v", t, n, True)
     # as torch, in Python floats
@@ -258,10 +280,11 @@ def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            rnn_ext_adam_f(<float*>pp, <const float*>pg, <float*>pm, <float*>pv, n, w_f,
+            rnn_ext_adam_f(<float*>pp, <float*>pg, <float*>pm, <float*>pv, n, w_f,
                            1 - w_f, small, <float>beta2, <float>(1 - beta2),
-                           <float>(-step_size), bc2_f, 1 / bc2_f, <float>eps, FUSED)
+                           <float>(-step_size), bc2_f, 1 / bc2_f, <float>eps, FUSED,
+                           <float>clip)
         else:
-            rnn_ext_adam_d(<double*>pp, <const double*>pg, <double*>pm, <double*>pv, n, w,
+            rnn_ext_adam_d(<double*>pp, <double*>pg, <double*>pm, <double*>pv, n, w,
                            1 - w, small, beta2, 1 - beta2, -step_size, bc2_sqrt,
-                           1 / bc2_sqrt, eps, 0)
+                           1 / bc2_sqrt, eps, 0, clip)

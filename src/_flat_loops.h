@@ -9,9 +9,24 @@
  *
  * Every array is (n,), contiguous; p the parameters, g the gradient, the rest
  * optimizer slots.  Each loop reads every array once, in order, and writes p
- * and its slots in place; g is never written.  The callers (src/_flat.pyx)
- * form the scalars as PyTorch forms them and round them to `real`.
+ * and its slots in place.  g is written only by an update that clips it
+ * (cv > 0: GRAD below), exactly as clip_value would have before the update.
+ * The callers (src/_flat.pyx) form the scalars as PyTorch forms them and
+ * round them to `real`.
  */
+
+/* g[i] for an update: with clip (cv > 0) first clamped to [-cv, cv] and stored back
+ * (clip_value's operations: a NaN stays), so a clipped update is
+ * clip_value(g, cv) then the update, in one pass. */
+#define GRAD(i) (clip ? FLAT(clamp_store)(g, (i), cv) : g[i])
+
+static inline real FLAT(clamp_store)(real *g, ptrdiff_t i, real v) {
+    real x = g[i];
+    x = x < -v ? -v : x;
+    x = x > v ? v : x;
+    g[i] = x;
+    return x;
+}
 
 /* Index of the first NaN or +-inf in x[0..n), or -1.
  * x - x is 0 for a finite x and NaN otherwise.  Per block, an OR of the
@@ -26,6 +41,21 @@ static ptrdiff_t FLAT(first_nonfinite)(const real *x, ptrdiff_t n) {
         if (bad)
             for (ptrdiff_t i = lo; i < hi; i++)
                 if (x[i] - x[i] != 0) return i;
+    }
+    return -1;
+}
+
+/* Index of the first NaN in x[0..n), or -1: what a clipped update must
+ * refuse (clamping makes an infinity finite, not a NaN).  As above, per block. */
+RNN_EXT_FLAT_CLONES
+static ptrdiff_t FLAT(first_nan)(const real *x, ptrdiff_t n) {
+    for (ptrdiff_t lo = 0; lo < n; lo += 1024) {
+        const ptrdiff_t hi = lo + 1024 < n ? lo + 1024 : n;
+        INT bad = 0;
+        for (ptrdiff_t i = lo; i < hi; i++) bad |= x[i] != x[i];
+        if (bad)
+            for (ptrdiff_t i = lo; i < hi; i++)
+                if (x[i] != x[i]) return i;
     }
     return -1;
 }
@@ -67,38 +97,58 @@ static void FLAT(clip_value)(real *x, ptrdiff_t n, real v) {
     }
 }
 
+/* The update loops are written once, as always-inline bodies whose flags
+ * (clip, the SGD mode, Adam's small and fused) the dispatching function
+ * below passes as constants: each combination becomes its own loop, which
+ * the compiler vectorises (a loop testing three run-time flags it does not). */
+
 /* SGD.  mode 0 (momentum 0):  p += nlr * g
  *       mode 1 (first step):  buf := g;                 p += nlr * buf
  *       mode 2:               buf := buf * mom + g;     p += nlr * buf */
-RNN_EXT_FLAT_CLONES
-static void FLAT(sgd)(real *p, const real *g, real *buf, ptrdiff_t n, real nlr, real mom,
-                      int mode) {
-    if (mode == 0) {
-        for (ptrdiff_t i = 0; i < n; i++) p[i] = p[i] + nlr * g[i];
-    } else if (mode == 1) {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const real b = g[i];
-            buf[i] = b;
-            p[i] = p[i] + nlr * b;
-        }
-    } else {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const real b = buf[i] * mom + g[i];
+RNN_EXT_FLAT_INLINE void FLAT(sgd_loop)(real *p, real *g, real *buf, ptrdiff_t n, real nlr,
+                                        real mom, const int mode, const int clip, real cv) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const real gi = GRAD(i);
+        if (mode == 0) {
+            p[i] = p[i] + nlr * gi;
+        } else {
+            const real b = mode == 1 ? gi : buf[i] * mom + gi;
             buf[i] = b;
             p[i] = p[i] + nlr * b;
         }
     }
 }
 
-/* Adagrad:  s := s + g * g;  p := p + (nclr * g) / (sqrt(s) + e) */
 RNN_EXT_FLAT_CLONES
-static void FLAT(adagrad)(real *p, const real *g, real *s, ptrdiff_t n, real nclr, real e) {
+static void FLAT(sgd)(real *p, real *g, real *buf, ptrdiff_t n, real nlr, real mom,
+                      int mode, real cv) {
+    if (cv > 0) {
+        if (mode == 0) FLAT(sgd_loop)(p, g, buf, n, nlr, mom, 0, 1, cv);
+        else if (mode == 1) FLAT(sgd_loop)(p, g, buf, n, nlr, mom, 1, 1, cv);
+        else FLAT(sgd_loop)(p, g, buf, n, nlr, mom, 2, 1, cv);
+    } else {
+        if (mode == 0) FLAT(sgd_loop)(p, g, buf, n, nlr, mom, 0, 0, cv);
+        else if (mode == 1) FLAT(sgd_loop)(p, g, buf, n, nlr, mom, 1, 0, cv);
+        else FLAT(sgd_loop)(p, g, buf, n, nlr, mom, 2, 0, cv);
+    }
+}
+
+/* Adagrad:  s := s + g * g;  p := p + (nclr * g) / (sqrt(s) + e) */
+RNN_EXT_FLAT_INLINE void FLAT(adagrad_loop)(real *p, real *g, real *s, ptrdiff_t n, real nclr,
+                                            real e, const int clip, real cv) {
     for (ptrdiff_t i = 0; i < n; i++) {
-        const real gi = g[i];
+        const real gi = GRAD(i);
         const real si = s[i] + gi * gi;
         s[i] = si;
         p[i] = p[i] + (nclr * gi) / (SQRT(si) + e);
     }
+}
+
+RNN_EXT_FLAT_CLONES
+static void FLAT(adagrad)(real *p, real *g, real *s, ptrdiff_t n, real nclr, real e,
+                          real cv) {
+    if (cv > 0) FLAT(adagrad_loop)(p, g, s, n, nclr, e, 1, cv);
+    else FLAT(adagrad_loop)(p, g, s, n, nclr, e, 0, cv);
 }
 
 /* sqrt(v) / bc2 for Adam, rounded once, as the division rounds it.
@@ -123,28 +173,33 @@ static inline real FLAT(div_const)(real a, real b, real y) {
  *        v := v * b2 + (c2 * g) * g
  *        p := p + (nss * m) / (sqrt(v) / bc2 + e)
  * rbc2 = RN(1 / bc2), used when fused != 0 (ADAM_DENOM). */
-RNN_EXT_FLAT_CLONES
-static void FLAT(adam)(real *p, const real *g, real *m, real *v, ptrdiff_t n, real w,
-                       real one_w, int small, real b2, real c2, real nss, real bc2, real rbc2,
-                       real e, int fused) {
-    if (small) {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const real gi = g[i];
-            const real mi = m[i] + w * (gi - m[i]);
-            const real vi = v[i] * b2 + (c2 * gi) * gi;
-            m[i] = mi;
-            v[i] = vi;
-            p[i] = p[i] + (nss * mi) / (ADAM_DENOM(vi) + e);
-        }
-    } else {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const real gi = g[i];
-            const real mi = gi - (gi - m[i]) * one_w;
-            const real vi = v[i] * b2 + (c2 * gi) * gi;
-            m[i] = mi;
-            v[i] = vi;
-            p[i] = p[i] + (nss * mi) / (ADAM_DENOM(vi) + e);
-        }
+RNN_EXT_FLAT_INLINE void FLAT(adam_loop)(real *p, real *g, real *m, real *v, ptrdiff_t n,
+                                         real w, real one_w, real b2, real c2, real nss,
+                                         real bc2, real rbc2, real e, const int small,
+                                         const int fused, const int clip, real cv) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const real gi = GRAD(i);
+        const real mi = small ? m[i] + w * (gi - m[i]) : gi - (gi - m[i]) * one_w;
+        const real vi = v[i] * b2 + (c2 * gi) * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] + (nss * mi) / (ADAM_DENOM(vi) + e);
     }
 }
+
+RNN_EXT_FLAT_CLONES
+static void FLAT(adam)(real *p, real *g, real *m, real *v, ptrdiff_t n, real w,
+                       real one_w, int small, real b2, real c2, real nss, real bc2, real rbc2,
+                       real e, int fused, real cv) {
+#define ADAM(s, f, c) FLAT(adam_loop)(p, g, m, v, n, w, one_w, b2, c2, nss, bc2, rbc2, e, s, f, c, cv)
+    if (cv > 0) {
+        if (small) { if (fused) ADAM(1, 1, 1); else ADAM(1, 0, 1); }
+        else { if (fused) ADAM(0, 1, 1); else ADAM(0, 0, 1); }
+    } else {
+        if (small) { if (fused) ADAM(1, 1, 0); else ADAM(1, 0, 0); }
+        else { if (fused) ADAM(0, 1, 0); else ADAM(0, 0, 0); }
+    }
+#undef ADAM
+}
 #undef ADAM_DENOM
+#undef GRAD

@@ -822,3 +822,95 @@ def test_multilayer_state_dict_round_trip(tmp_path):
     opt.step(g2)
     opt2.step(g2)
     np.testing.assert_array_equal(copy.flat, m.flat)
+
+
+# -- step(grads, clip_value=...): the clip in the update's own loop -------------------
+
+CLIPPED_OPTS = [
+    (lambda p: SGD(p, lr=0.1), "sgd"),
+    (lambda p: SGD(p, lr=0.1, momentum=0.9), "sgd-momentum"),
+    (Adagrad, "adagrad"),
+    (Adam, "adam"),
+    (lambda p: Adam(p, betas=(0.3, 0.999)), "adam-large-w"),
+]
+
+
+def big_gradients(model, seed):
+    # entries well beyond the clip value, and infinities (which clamping makes finite)
+    _, g = model.loss_and_grad(*xy(seed))
+    g.flat[:] = np.random.default_rng(seed).standard_normal(g.flat.size) * 4
+    g.flat[::97] = np.inf
+    g.flat[5::131] = -np.inf
+    return g
+
+
+def xy(seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 5, (6, 2)), rng.integers(0, 5, (6, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make_opt", [o for o, _ in CLIPPED_OPTS], ids=[i for _, i in CLIPPED_OPTS])
+def test_clipped_step_is_clip_then_step_to_the_bit(make_opt, dtype):
+    from rnn_ext.clip import clip_grad_value
+
+    fused, split = (RNN(5, 7, 5, dtype=dtype, seed=0) for _ in range(2))
+    opt_fused, opt_split = make_opt(fused), make_opt(split)
+    for t in range(4):
+        g_fused, g_split = big_gradients(fused, t), big_gradients(split, t)
+        opt_fused.step(g_fused, clip_value=1.5)
+        clip_grad_value(g_split, 1.5)
+        opt_split.step(g_split)
+        np.testing.assert_array_equal(g_fused.flat, g_split.flat)  # g is clipped in place
+        assert np.abs(g_fused.flat).max() == dtype(1.5)
+        np.testing.assert_array_equal(fused.flat, split.flat)
+        for k, v in opt_split.state_dict().items():
+            np.testing.assert_array_equal(opt_fused.state_dict()[k], v, err_msg=k)
+
+
+def test_clipped_step_of_named_gradients_clips_them_first():
+    fused, split = tiny_model(), tiny_model()
+    opt_fused, opt_split = Adam(fused), Adam(split)
+    g = {k: v * 10 for k, v in grad_sequence(fused, 1)[0].items()}
+    g2 = {k: v.copy() for k, v in g.items()}
+    opt_fused.step(g, clip_value=2.0)
+    np.clip(g2["W"], -2, 2, out=g2["W"])
+    for v in g2.values():
+        np.clip(v, -2, 2, out=v)
+    opt_split.step(g2)
+    for k in g:
+        np.testing.assert_array_equal(g[k], g2[k])
+        np.testing.assert_array_equal(fused.parameters()[k], split.parameters()[k])
+
+
+@pytest.mark.parametrize("make_opt", [o for o, _ in CLIPPED_OPTS], ids=[i for _, i in CLIPPED_OPTS])
+def test_clipped_step_refuses_nan_and_writes_nothing(make_opt):
+    m = RNN(5, 7, 5, dtype=np.float32, seed=0)
+    opt = make_opt(m)
+    opt.step(big_gradients(m, 0), clip_value=1.0)
+    before, state = m.flat.copy(), opt.state_dict()
+    g = big_gradients(m, 1)
+    g.flat[40] = np.nan
+    g_before = g.flat.copy()
+    with pytest.raises(ValueError, match=r"holds nan at index .*; no parameter, optimizer state"):
+        opt.step(g, clip_value=1.0)
+    np.testing.assert_array_equal(m.flat, before)
+    np.testing.assert_array_equal(g.flat, g_before)  # not clipped either
+    for k, v in state.items():
+        np.testing.assert_array_equal(opt.state_dict()[k], v, err_msg=k)
+
+
+def test_clipped_step_bad_clip_value_or_read_only_gradient():
+    m = RNN(5, 7, 5, dtype=np.float32, seed=0)
+    opt = Adam(m)
+    g = big_gradients(m, 0)
+    before = m.flat.copy()
+    for bad, err in ((0, ValueError), (-1.0, ValueError), (np.nan, ValueError), ("5", TypeError),
+                     (True, TypeError)):
+        with pytest.raises(err, match="clip_value must be"):
+            opt.step(g, clip_value=bad)
+    g.flat.flags.writeable = False
+    with pytest.raises(ValueError, match="gradient .flat is read-only"):
+        opt.step(g, clip_value=1.0)
+    np.testing.assert_array_equal(m.flat, before)
+    assert opt.state == {}
