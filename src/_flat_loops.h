@@ -158,7 +158,11 @@ static void FLAT(adagrad)(real *p, real *g, real *s, ptrdiff_t n, real nclr, rea
  * and RN(q + r y) is RN(a / bc2)); the divider is then left to the one
  * division per element that has no constant divisor.  An infinite or NaN q
  * (from v = inf or NaN) is kept as it is, as the division would give it.
- * fused is non-zero only where FMA is an instruction (rnn_ext_flat_fused). */
+ * The theorem needs a normal quotient: here a = sqrt(v) is 0, +inf, NaN or
+ * at least 2^-74.5, and bc2 = sqrt(1 - beta2^t) lies in [2^-27, 1], so it
+ * is (tests/c/div_const_check.c checks every significand of a over that
+ * domain).  fused is non-zero only where FMA is an instruction
+ * (rnn_ext_flat_fused). */
 #define ADAM_DENOM(vi)                                                        \
     (fused ? FLAT(div_const)(SQRT(vi), bc2, rbc2) : SQRT(vi) / bc2)
 

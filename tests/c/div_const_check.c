@@ -4,7 +4,10 @@
  * values) and each divisor b below, div_const(a, b, RN(1/b)) must equal a / b
  * to the bit.  Scaling a by a power of two scales both sides exactly (no
  * overflow or underflow in Adam's range, see _flat_loops.h), so one binade of
- * a is every case for that b.
+ * a is every case for that b.  The domain is Adam's: a = sqrt(v) for a
+ * float v >= 0 (0, +inf, NaN, or in [2^-74.5, 2^64)) and b = bc2 in
+ * [2^-27, 1], so a / b is 0, +inf, NaN or a normal float (a quotient in the
+ * subnormal range would not be correctly rounded this way, and cannot occur).
  *
  * The divisors: the bias corrections Adam actually forms, (float)sqrt(1 -
  * beta2^t), for common beta2 and steps 1..STEPS, and random divisors in
@@ -59,7 +62,8 @@ static int check_binade(float b, int shift) {
 
 static int check_specials(float b) {
     const float y = 1.0f / b;
-    const float specials[] = {0.0f, INFINITY, NAN, 1e-45f, 1.17549435e-38f, 3.7e-23f, 1.8e19f};
+    /* a is a square root of a float: 0, +inf, NaN, or in [2^-74.5, 2^64) */
+    const float specials[] = {0.0f, INFINITY, NAN, 0x1.6a09e6p-75f, 0x1p-63f, 0x1.fffffep63f};
     for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) {
         const float a = specials[i], got = rnn_ext_div_const_f(a, b, y), want = a / b;
         if (to_bits(got) != to_bits(want) && !(isnan(got) && isnan(want))) {
