@@ -285,7 +285,19 @@ typedef struct wsr_job {
     const ptrdiff_t* lengths;
     int T, B, H, reverse, relu, backward;
     int nthreads, npanels;
+    int by_rows; /* threads own runs of batch rows (and every column): no barrier per step */
 } wsr_job;
+
+/* Threads split a recurrence by batch rows when W is at most this wide (W,
+ * H*H floats, then fits in each core's L2 beside the rows: 1 MiB at 512) and
+ * every thread gets at least WSR_ROW_BLOCK rows.  The rows of a batch are
+ * independent sequences, so a thread then runs all T steps of its own rows
+ * without meeting the others, and reads no state another core wrote.  Wider
+ * W is split by columns (each thread holds a part of W; one barrier per
+ * step).  Either way each output element is the same chain, so results are
+ * the same for every split and thread count. */
+#define WSR_ROWS_MAX_H 512
+#define WSR_ROW_BLOCK 8
 
 static void barrier(int n, int tid);
 
@@ -333,22 +345,39 @@ static int step_setup(const wsr_job* job, int i, wsr_step* s, const float** fill
 /* Thread tid of job->nthreads: every step for its own panels, a barrier
  * after each (the last one also tells the caller the job is done). */
 static void job_run(const wsr_job* job, int tid) {
-    const int n = job->nthreads, P = job->npanels, T = job->T, B = job->B, H = job->H;
+    const int n = job->nthreads, P = job->npanels, T = job->T, H = job->H;
     if (job->task != NULL) {
         job->task(job->task_ctx, tid, n);
         if (n > 1) barrier(n, tid);
         return;
     }
-    const int p0 = (int)((long long)P * tid / n), p1 = (int)((long long)P * (tid + 1) / n);
-    const int c0 = p0 * WSR_NR, c1 = p1 * WSR_NR < H ? p1 * WSR_NR : H;
+    /* this thread's columns c0..c1 of rows r0..r1 */
+    int c0 = 0, c1 = H, r0 = 0, r1 = job->B;
+    if (job->by_rows) {
+        const int blocks = (job->B + WSR_ROW_BLOCK - 1) / WSR_ROW_BLOCK;
+        r0 = (int)((long long)blocks * tid / n) * WSR_ROW_BLOCK;
+        r1 = (int)((long long)blocks * (tid + 1) / n) * WSR_ROW_BLOCK;
+        r1 = r1 < job->B ? r1 : job->B;
+    } else {
+        const int p0 = (int)((long long)P * tid / n), p1 = (int)((long long)P * (tid + 1) / n);
+        c0 = p0 * WSR_NR;
+        c1 = p1 * WSR_NR < H ? p1 * WSR_NR : H;
+    }
+    const int B = r1 - r0;
+    const ptrdiff_t skip = (ptrdiff_t)r0 * H; /* to this thread's first row */
+    const int meet = n > 1 && !job->by_rows;  /* a barrier after every step */
     wsr_step s;
     s.packed = job->packed;
     s.B = B;
     s.H = H;
     s.relu = job->relu;
-    for (int i = 0; i < T; i++) {
+    for (int i = 0; i < T && B > 0; i++) {
         const float* fill;
         const int t = step_setup(job, i, &s, &fill);
+        s.out += skip;
+        if (s.in != NULL) s.in += skip;
+        if (s.h != NULL) s.h += skip;
+        if (fill != NULL) fill += skip;
         if (i + 1 < T && c0 < c1) {
             /* the next step's A[t] or upstream rows, and its h_t rows, into L2
              * while this step computes: each is read once, in the epilogue
@@ -357,8 +386,8 @@ static void job_run(const wsr_job* job, int tid) {
             const float* unused;
             step_setup(job, i + 1, &next, &unused);
             for (int b = 0; b < B; b++) {
-                const float* o = next.out + (ptrdiff_t)b * H;
-                const float* h = next.h != NULL ? next.h + (ptrdiff_t)b * H : NULL;
+                const float* o = next.out + skip + (ptrdiff_t)b * H;
+                const float* h = next.h != NULL ? next.h + skip + (ptrdiff_t)b * H : NULL;
                 for (int j = c0; j < c1; j += 16) {
                     WSR_PREFETCH_L2(o + j);
                     if (h != NULL) WSR_PREFETCH_L2(h + j);
@@ -381,7 +410,7 @@ static void job_run(const wsr_job* job, int tid) {
             }
             if (job->lengths != NULL) {
                 for (int b = 0; b < B; b++) {
-                    if (t < job->lengths[b]) continue;
+                    if (t < job->lengths[r0 + b]) continue;
                     float* row = s.out + (ptrdiff_t)b * H + c0;
                     if (fill != NULL)
                         memcpy(row, fill + (ptrdiff_t)b * H + c0, (size_t)(c1 - c0) * sizeof(float));
@@ -390,8 +419,10 @@ static void job_run(const wsr_job* job, int tid) {
                 }
             }
         }
-        if (n > 1) barrier(n, tid);
+        if (meet) barrier(n, tid);
     }
+    /* split by rows: one meeting, at the end (it tells the caller the job is done) */
+    if (n > 1 && !meet) barrier(n, tid);
 }
 
 /* ------------------------------------------------------------------------
@@ -631,8 +662,15 @@ static int pool_grow(int want) {
 }
 
 static void run(wsr_job* job, int nthreads) {
-    /* a recurrence gives each thread at least one panel; a task splits itself */
-    int n = job->task == NULL && job->npanels < nthreads ? job->npanels : nthreads;
+    /* a recurrence gives each thread at least one panel (or block of rows);
+     * a task splits itself */
+    int n = nthreads;
+    if (job->task == NULL) {
+        const int blocks = job->B / WSR_ROW_BLOCK;
+        job->by_rows = job->H <= WSR_ROWS_MAX_H && n > 1 && blocks >= 2;
+        const int most = job->by_rows ? blocks : job->npanels;
+        n = most < n ? most : n;
+    }
     if (n > WSR_MAX_THREADS) n = WSR_MAX_THREADS;
     if (n <= 1 || !atomic_cas(&g_pool.busy, 0, 1)) {
         job->nthreads = 1;

@@ -7,8 +7,11 @@
  * (zero-padded past H); every time step then runs one register-blocked
  * micro-kernel per (rows x columns) tile on the packed panels, with the
  * elementwise epilogue (f or f', masking) fused while the tile is in
- * registers.  With n threads each thread owns a fixed run of whole panels and
- * the threads meet once per step; every output element is one fixed chain of
+ * registers.  With n threads and H <= 512 (W fits in each core's L2) each
+ * thread owns a fixed run of batch rows, blocks of 8, and runs every step of
+ * them without meeting the others (the rows are independent sequences); with
+ * a wider W, or fewer than 16 rows, each thread owns a fixed run of whole
+ * panels and the threads meet once per step.  Every output element is one fixed chain of
  * fused multiply-adds over k = 0 .. H-1, so results are bit-identical for
  * every thread count (they differ between instruction-set paths, by rounding).
  * Every other step runs a thread's columns last to first, so that the panels
@@ -27,14 +30,15 @@
  *
  * Threads: a persistent pool (pthreads; Win32 threads under _WIN32), created
  * at the first multi-threaded call and reused.  Thread i owns a fixed run of
- * whole panels for the whole call; the threads meet once per time step at a
+ * rows or of whole panels (above) for the whole call; split by panels, the
+ * threads meet once per time step at a
  * barrier (spin, then yield, then sleep; the spin adapts, so threads that
  * share a core on an oversubscribed machine yield at once).  One call at a
  * time uses the pool; a call made while another holds it runs
  * single-threaded instead (same results, never a deadlock).  The pool is
  * rebuilt in a fork()ed child.  nthreads <= 1 runs inline on the calling
- * thread; otherwise min(nthreads, P = ceil(H / 32), 64) threads run, the
- * caller among them.  nthreads is honoured as given: a barrier costs about
+ * thread; otherwise min(nthreads, B / 8 or P = ceil(H / 32), 64) threads
+ * run, the caller among them.  nthreads is honoured as given: a barrier costs about
  * half a microsecond, so one thread is faster when a step has little work
  * (break-even measured on a 2-core AVX-512 machine: B*H*H around 2^15).
  * Other threads that busy-wait take cores from the pool: OpenBLAS's workers
