@@ -19,6 +19,8 @@
 #define MR_MAX 8
 #define NV_MAX 8
 #define VW 16
+/* the smallest H whose W (H*H floats, 3 MiB at 900) is fetched ahead panel by panel */
+#define WSR_PREFETCH_MIN_H 900
 
 TGT WSR_INLINE __m512 tanh16(__m512 a) {
     const __m512 cl = _mm512_set1_ps(WSR_TANH_CLAMP);
@@ -47,9 +49,32 @@ TGT WSR_INLINE __m512 tanh16(__m512 a) {
     return _mm512_mask_mov_ps(_mm512_mask_mov_ps(r, small, a), big, one);
 }
 
-/* out[b0:b0+MR, c:c+16*NV] (masked to c1); MR, NV, bwd are constants after inlining */
-TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR, const int NV,
-                         const int bwd) {
+/* acc[r][v] += in[r, k] * panel[k, v] for every k; with PF, the next panel's
+ * row k (pf: two 64-byte lines) is fetched into L2 on the way */
+TGT WSR_INLINE void k_loop(__m512 acc[MR_MAX][NV_MAX], const float* in, const float* const* wp,
+                           const float* pf, int H, const int MR, const int NV, const int PF) {
+    for (int k = 0; k < H; k++) {
+        __m512 w[NV_MAX];
+        if (PF) {
+            _mm_prefetch((const char*)(pf + (ptrdiff_t)k * WSR_NR), _MM_HINT_T1);
+            _mm_prefetch((const char*)(pf + (ptrdiff_t)k * WSR_NR + VW), _MM_HINT_T1);
+        }
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++) w[v] = _mm512_loadu_ps(wp[v] + (ptrdiff_t)k * WSR_NR);
+        WSR_UNROLL
+        for (int r = 0; r < MR; r++) {
+            const __m512 a = _mm512_set1_ps(in[(ptrdiff_t)r * H + k]);
+            WSR_UNROLL
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
+        }
+    }
+}
+
+/* out[b0:b0+MR, c:c+16*NV] (masked to c1); MR, NV, bwd are constants after
+ * inlining.  pf: the panel to fetch into L2 meanwhile (the next one this
+ * call reads, when W is larger than L2), or NULL. */
+TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* pf, const int MR,
+                         const int NV, const int bwd) {
     const int H = s->H;
     const float* wp[NV_MAX];
     __mmask16 m[NV_MAX];
@@ -69,17 +94,10 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR,
     }
     if (s->in != NULL) {
         const float* in = s->in + (ptrdiff_t)b0 * H;
-        for (int k = 0; k < H; k++) {
-            __m512 w[NV_MAX];
-            WSR_UNROLL
-            for (int v = 0; v < NV; v++) w[v] = _mm512_loadu_ps(wp[v] + (ptrdiff_t)k * WSR_NR);
-            WSR_UNROLL
-            for (int r = 0; r < MR; r++) {
-                const __m512 a = _mm512_set1_ps(in[(ptrdiff_t)r * H + k]);
-                WSR_UNROLL
-                for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
-            }
-        }
+        if (pf != NULL)
+            k_loop(acc, in, wp, pf, H, MR, NV, 1);
+        else
+            k_loop(acc, in, wp, pf, H, MR, NV, 0);
     }
     /* the epilogue: every result first, then every store, so that no load of h
      * waits behind a store to out at the same address modulo 4 KiB */
@@ -116,14 +134,16 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR,
     }
 }
 
-typedef void (*tile_fn)(const wsr_step*, int, int, int);
+typedef void (*tile_fn)(const wsr_step*, int, int, int, const float*);
 
 #define DEF(MR, NV)                                                                    \
-    TGT static void fwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1) {        \
-        tile(s, b0, c, c1, MR, NV, 0);                                                 \
+    TGT static void fwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1,          \
+                                    const float* pf) {                                 \
+        tile(s, b0, c, c1, pf, MR, NV, 0);                                             \
     }                                                                                  \
-    TGT static void bwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1) {        \
-        tile(s, b0, c, c1, MR, NV, 1);                                                 \
+    TGT static void bwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1,          \
+                                    const float* pf) {                                 \
+        tile(s, b0, c, c1, pf, MR, NV, 1);                                             \
     }
 #define DEF2(MR) DEF(MR, 1) DEF(MR, 2)
 #define DEF4(MR) DEF2(MR) DEF(MR, 3) DEF(MR, 4)
@@ -152,18 +172,25 @@ static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1]
      * 8 + 5 + 4, not 8 + 8 + 8 + 8 + 1) */
     const int rem = B % mr0;
     const int split = rem > 0 && rem < mr0 / 2 && B > mr0 ? B - rem - mr0 : B;
+    /* W larger than L2 streams from L3: the last row block of each panel
+     * fetches the next panel this call reads into L2, so that the panel's
+     * first block finds it there and the L3 traffic spreads over all blocks */
+    const int fetch = s->H >= WSR_PREFETCH_MIN_H && s->in != NULL && nv0 == WSR_NR / VW;
     for (int c = c0; c < c1; c += VW * nv0) {
         const int left = (c1 - c + VW - 1) / VW;
         const int nv = left < nv0 ? left : nv0;
+        const float* pf = fetch && c + WSR_NR < c1
+                              ? s->packed + (ptrdiff_t)((c + WSR_NR) / WSR_NR) * s->H * WSR_NR
+                              : NULL;
         int b0 = 0;
         for (; b0 < split; b0 += mr0) {
             const int mr = B - b0 < mr0 ? B - b0 : mr0;
-            tab[mr][nv](s, b0, c, c1);
+            tab[mr][nv](s, b0, c, c1, b0 + mr0 >= B ? pf : NULL);
         }
         if (split < B) {
             const int half = (B - split + 1) / 2;
-            tab[half][nv](s, split, c, c1);
-            tab[B - split - half][nv](s, split + half, c, c1);
+            tab[half][nv](s, split, c, c1, NULL);
+            tab[B - split - half][nv](s, split + half, c, c1, pf);
         }
     }
 }

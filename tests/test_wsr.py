@@ -304,6 +304,30 @@ def test_threads_match_on_wide_problem(path):
         assert np.array_equal(bits(d), bits(douts[0]))
 
 
+def test_wider_than_l2_splits_by_columns_and_fetches_ahead(path):
+    # H > 512: threads split W's panels (a barrier per step), and at H >= 900
+    # the kernels fetch the next panel into L2 as they go (src/wsr_avx512.c);
+    # a ragged last panel (1000 = 31 * 32 + 8), reverse and ragged lengths
+    T, B, H = 3, 20, 1000
+    W, hs_in, delta_in = problem(T, B, H, 6, False)
+    lengths = np.array([3, 1, 2] * 6 + [3, 3], dtype=np.intp)
+    for reverse in (False, True):
+        case = f"{path} T={T} B={B} H={H} reverse={reverse}"
+        hs = hs_in.copy()
+        _wsr.forward(W, hs, reverse, lengths, False, 1)
+        check_forward_steps(W, hs_in, hs, reverse, lengths, False, case)
+        d = delta_in.copy()
+        _wsr.backward(W, d, hs, reverse, lengths, False, 1)
+        check_backward_steps(W, delta_in, hs, d, reverse, lengths, False, case)
+        for n in (2, 3):
+            again = hs_in.copy()
+            _wsr.forward(W, again, reverse, lengths, False, n)
+            assert np.array_equal(bits(again), bits(hs)), f"{case}: nthreads={n} differs"
+            d2 = delta_in.copy()
+            _wsr.backward(W, d2, again, reverse, lengths, False, n)
+            assert np.array_equal(bits(d2), bits(d)), f"{case}: nthreads={n} differs"
+
+
 def test_concurrent_calls_are_bit_identical_and_release_the_gil():
     # Python threads calling multi-threaded passes at once: one owns the
     # pool, the others run single-threaded; all results equal the serial one
