@@ -7,7 +7,8 @@ One step = forward and backward through the whole sequence, gradient
 clipping by value (5.0) and an Adam update (lr 1e-3), float32, a character
 vocabulary D = K = 65 (integer ids in, integer targets out):
 
-    rnn_ext  model.loss_and_grad(x, y); clip_grad_value(g, 5); Adam.step(g)
+    rnn_ext  model.loss_and_grad(x, y); Adam.step(g, clip_value=5) (the clip in the
+             update's loop, as rnn_ext.training.Trainer steps)
     torch    nn.RNN + nn.Linear + cross_entropy(reduction="sum"), backward,
              clip_grad_value_(params, 5), torch.optim.Adam.step (the ids as a
              one-hot float tensor made once, outside the timing)
@@ -38,7 +39,6 @@ except ImportError:  # run from a source tree that was built in place
     import rnn_ext
 import roofline
 
-from rnn_ext.clip import clip_grad_value
 from rnn_ext.optim import Adam
 
 CASES = ((512, 64, 100), (1024, 32, 100), (128, 1, 25))
@@ -51,8 +51,7 @@ def rnn_ext_step(H, B, T, x, y):
 
     def step():
         _, g = model.loss_and_grad(x, y)
-        clip_grad_value(g, 5.0)
-        opt.step(g)
+        opt.step(g, clip_value=5.0)
 
     return step
 
