@@ -103,37 +103,34 @@ cdef inline Py_ssize_t size_of(object a):
 # checks and clipping
 
 
+cdef Py_ssize_t scan(object a, bint nan_only) except -2:
+    """Index of the first NaN (nan_only) or NaN or infinity of ``a``, or -1."""
+    cdef int t = dtype_of(a, "a")
+    cdef char* pa = data_of(a, "a", t, -1, False)
+    cdef Py_ssize_t n = size_of(a), k = -1
+    if n == 0:
+        return -1
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            k = (rnn_ext_first_nan_f(<const float*>pa, n) if nan_only
+                 else rnn_ext_first_nonfinite_f(<const float*>pa, n))
+        else:
+            k = (rnn_ext_first_nan_d(<const double*>pa, n) if nan_only
+                 else rnn_ext_first_nonfinite_d(<const double*>pa, n))
+    return k
+
+
 def first_nonfinite(a):
     """Index of the first NaN or infinite element of ``a``, or -1 if all are finite.
 
     Equivalent to ``np.flatnonzero(~np.isfinite(a))[0]`` (or -1), in one pass.
     """
-    cdef int t = dtype_of(a, "a")
-    cdef char* pa = data_of(a, "a", t, -1, False)
-    cdef Py_ssize_t n = size_of(a), k = -1
-    if n == 0:
-        return -1
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            k = rnn_ext_first_nonfinite_f(<const float*>pa, n)
-        else:
-            k = rnn_ext_first_nonfinite_d(<const double*>pa, n)
-    return k
+    return scan(a, False)
 
 
 def first_nan(a):
     """Index of the first NaN of ``a``, or -1: what an update that clips must refuse."""
-    cdef int t = dtype_of(a, "a")
-    cdef char* pa = data_of(a, "a", t, -1, False)
-    cdef Py_ssize_t n = size_of(a), k = -1
-    if n == 0:
-        return -1
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            k = rnn_ext_first_nan_f(<const float*>pa, n)
-        else:
-            k = rnn_ext_first_nan_d(<const double*>pa, n)
-    return k
+    return scan(a, True)
 
 
 def sumsq(a):
@@ -193,6 +190,20 @@ def clip_value(g, double v):
 # clamps g to [-clip, clip] in place first (clip_value's result), in the same pass
 
 
+cdef Py_ssize_t update_args(object p, object g, double clip, tuple slots, tuple names,
+                            int* t, char** a) except -1:
+    """An update's arrays checked: parameters p (writeable), gradient g (writeable
+    when it is clipped) and the slots (writeable, named for errors), all of p's
+    dtype (in t) and size (returned); their data in a[0], a[1], a[2], ..."""
+    t[0] = dtype_of(p, "p")
+    a[0] = data_of(p, "p", t[0], -1, True)
+    cdef Py_ssize_t n = size_of(p)
+    a[1] = data_of(g, "g", t[0], n, clip > 0)
+    for i in range(len(slots)):
+        a[2 + i] = data_of(slots[i], names[i], t[0], n, True)
+    return n
+
+
 def sgd_step(p, g, buf, double lr, double momentum, Py_ssize_t step, double clip=0):
     """One SGD step (``torch.optim.SGD``, dampening 0, no Nesterov), in place.
 
@@ -204,21 +215,19 @@ def sgd_step(p, g, buf, double lr, double momentum, Py_ssize_t step, double clip
     step : the number of the step being taken, from 1
     clip : > 0 to clamp g to [-clip, clip] in place first (g must be writeable)
     """
-    cdef int t = dtype_of(p, "p")
-    cdef char* pp = data_of(p, "p", t, -1, True)
-    cdef Py_ssize_t n = size_of(p)
-    cdef char* pg = data_of(g, "g", t, n, clip > 0)
-    cdef char* pb = data_of(buf, "buf", t, n, True)
+    cdef int t
+    cdef char* a[3]
+    cdef Py_ssize_t n = update_args(p, g, clip, (buf,), ("buf",), &t, a)
     # param.add_(grad, alpha=-lr); buf = grad.clone() or buf.mul_(momentum).add_(grad)
     cdef int mode = 0 if momentum == 0 else (1 if step == 1 else 2)
     if n == 0:
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            rnn_ext_sgd_f(<float*>pp, <float*>pg, <float*>pb, n, <float>(-lr),
+            rnn_ext_sgd_f(<float*>a[0], <float*>a[1], <float*>a[2], n, <float>(-lr),
                           <float>momentum, mode, <float>clip)
         else:
-            rnn_ext_sgd_d(<double*>pp, <double*>pg, <double*>pb, n, -lr, momentum, mode, clip)
+            rnn_ext_sgd_d(<double*>a[0], <double*>a[1], <double*>a[2], n, -lr, momentum, mode, clip)
 
 
 def adagrad_step(p, g, sums, double lr, double eps, Py_ssize_t step, double clip=0):
@@ -232,20 +241,18 @@ def adagrad_step(p, g, sums, double lr, double eps, Py_ssize_t step, double clip
     step : the number of the step being taken, from 1
     clip : > 0 to clamp g to [-clip, clip] in place first (g must be writeable)
     """
-    cdef int t = dtype_of(p, "p")
-    cdef char* pp = data_of(p, "p", t, -1, True)
-    cdef Py_ssize_t n = size_of(p)
-    cdef char* pg = data_of(g, "g", t, n, clip > 0)
-    cdef char* ps = data_of(sums, "sums", t, n, True)
+    cdef int t
+    cdef char* a[3]
+    cdef Py_ssize_t n = update_args(p, g, clip, (sums,), ("sums",), &t, a)
     cdef double clr = lr / (1 + (step - 1) * 0.0)
     if n == 0:
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            rnn_ext_adagrad_f(<float*>pp, <float*>pg, <float*>ps, n, <float>(-clr),
+            rnn_ext_adagrad_f(<float*>a[0], <float*>a[1], <float*>a[2], n, <float>(-clr),
                               <float>eps, <float>clip)
         else:
-            rnn_ext_adagrad_d(<double*>pp, <double*>pg, <double*>ps, n, -clr, eps, clip)
+            rnn_ext_adagrad_d(<double*>a[0], <double*>a[1], <double*>a[2], n, -clr, eps, clip)
 
 
 def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_ssize_t step,
@@ -261,12 +268,9 @@ def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_
     step : the number of the step being taken, from 1
     clip : > 0 to clamp g to [-clip, clip] in place first (g must be writeable)
     """
-    cdef int t = dtype_of(p, "p")
-    cdef char* pp = data_of(p, "p", t, -1, True)
-    cdef Py_ssize_t n = size_of(p)
-    cdef char* pg = data_of(g, "g", t, n, clip > 0)
-    cdef char* pm = data_of(m, "m", t, n, True)
-    cdef char* pv = data_of(v, "v", t, n, True)
+    cdef int t
+    cdef char* a[4]
+    cdef Py_ssize_t n = update_args(p, g, clip, (m, v), ("m", "v"), &t, a)
     # as torch, in Python floats
     cdef double step_size = lr / (1 - pow(beta1, <double>step))
     cdef double bc2_sqrt = pow(1 - pow(beta2, <double>step), 0.5)
@@ -280,11 +284,11 @@ def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            rnn_ext_adam_f(<float*>pp, <float*>pg, <float*>pm, <float*>pv, n, w_f,
+            rnn_ext_adam_f(<float*>a[0], <float*>a[1], <float*>a[2], <float*>a[3], n, w_f,
                            1 - w_f, small, <float>beta2, <float>(1 - beta2),
                            <float>(-step_size), bc2_f, 1 / bc2_f, <float>eps, FUSED,
                            <float>clip)
         else:
-            rnn_ext_adam_d(<double*>pp, <double*>pg, <double*>pm, <double*>pv, n, w,
+            rnn_ext_adam_d(<double*>a[0], <double*>a[1], <double*>a[2], <double*>a[3], n, w,
                            1 - w, small, beta2, 1 - beta2, -step_size, bc2_sqrt,
                            1 / bc2_sqrt, eps, 0, clip)
