@@ -9,8 +9,9 @@ alone, and a complete training step two ways: ``loss_and_grad``,
 ``Adam.step(g, clip_value=5)`` (the clip in the update's loop, as
 rnn_ext.training.Trainer does it).  With ``--baseline REF``
 the modules rnn_ext/optim.py and rnn_ext/clip.py of that git ref are loaded
-beside the current ones (as the package ``baseline``; they import nothing
-else of rnn_ext) and timed on the same model in the same rounds.  Every
+beside the current ones (as the package ``baseline``, whose ``_flat`` is the
+current build's compiled loops: this compares the Python side only) and timed
+on the same model in the same rounds.  Every
 operation is timed in turn, one short block each, repeated ``--rounds``
 times; the reported time is the median over rounds of each block's best
 call average, so a busy neighbour on a shared machine moves single blocks,
