@@ -74,8 +74,9 @@ extensions = [
     ),
     # Optimizer steps and clipping over flat buffers, their arrays checked
     # through NumPy's C API.  No errno from sqrt
-    # (its arguments are sums of squares), so the loops vectorise; no fused
-    # multiply-adds, so every instruction-set clone rounds alike (src/_flat.h).
+    # (its arguments are sums of squares), so the loops vectorise; no
+    # contracted multiply-adds, so every instruction-set clone rounds alike
+    # (src/_flat.h: the one explicit FMA is correctly rounded).
     Extension(
         "rnn_ext._flat",
         ["src/_flat.pyx"],

@@ -73,7 +73,7 @@ def _grad_arrays(grads: Any) -> dict[str, Any]:
 def _grad_flat(grads: Any) -> np.ndarray | None:
     """A gradient object's ``.flat`` buffer, or None when it has none."""
     flat = getattr(grads, "flat", None)
-    if type(flat) is not np.ndarray and not isinstance(flat, np.ndarray):
+    if not isinstance(flat, np.ndarray):
         return None
     return None if isinstance(grads, Mapping) else flat
 

@@ -30,10 +30,8 @@ cnp.import_array()
 cdef extern from "_flat.h" nogil:
     bint RNN_EXT_FLAT_HAVE_CLONES
     int rnn_ext_flat_fused()
-    Py_ssize_t rnn_ext_first_nonfinite_f(const float* x, Py_ssize_t n)
-    Py_ssize_t rnn_ext_first_nonfinite_d(const double* x, Py_ssize_t n)
-    Py_ssize_t rnn_ext_first_nan_f(const float* x, Py_ssize_t n)
-    Py_ssize_t rnn_ext_first_nan_d(const double* x, Py_ssize_t n)
+    Py_ssize_t rnn_ext_first_bad_f(const float* x, Py_ssize_t n, int nan_only)
+    Py_ssize_t rnn_ext_first_bad_d(const double* x, Py_ssize_t n, int nan_only)
     double rnn_ext_sumsq_f(const float* x, Py_ssize_t n)
     double rnn_ext_sumsq_d(const double* x, Py_ssize_t n)
     void rnn_ext_scale_f(float* x, Py_ssize_t n, float s)
@@ -112,11 +110,9 @@ cdef Py_ssize_t scan(object a, bint nan_only) except -2:
         return -1
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            k = (rnn_ext_first_nan_f(<const float*>pa, n) if nan_only
-                 else rnn_ext_first_nonfinite_f(<const float*>pa, n))
+            k = rnn_ext_first_bad_f(<const float*>pa, n, nan_only)
         else:
-            k = (rnn_ext_first_nan_d(<const double*>pa, n) if nan_only
-                 else rnn_ext_first_nonfinite_d(<const double*>pa, n))
+            k = rnn_ext_first_bad_d(<const double*>pa, n, nan_only)
     return k
 
 

@@ -28,36 +28,30 @@ static inline real FLAT(clamp_store)(real *g, ptrdiff_t i, real v) {
     return x;
 }
 
-/* Index of the first NaN or +-inf in x[0..n), or -1.
- * x - x is 0 for a finite x and NaN otherwise.  Per block, an OR of the
- * comparisons (in an integer as wide as `real`, so the loop vectorises) says
- * whether the block needs an element-by-element look. */
-RNN_EXT_FLAT_CLONES
-static ptrdiff_t FLAT(first_nonfinite)(const real *x, ptrdiff_t n) {
+/* Index of the first bad element of x[0..n), or -1: a NaN or +-inf, or with
+ * nan_only a NaN alone (what a clipped update must refuse: clamping makes an
+ * infinity finite, not a NaN).  x - x is 0 for a finite x and NaN otherwise.
+ * Per block, an OR of the comparisons (in an integer as wide as `real`, so
+ * the loop vectorises) says whether the block needs an element-by-element
+ * look. */
+#define BAD(x) (nan_only ? (x) != (x) : (x) - (x) != 0)
+RNN_EXT_FLAT_INLINE ptrdiff_t FLAT(first_bad_loop)(const real *x, ptrdiff_t n,
+                                                   const int nan_only) {
     for (ptrdiff_t lo = 0; lo < n; lo += 1024) {
         const ptrdiff_t hi = lo + 1024 < n ? lo + 1024 : n;
         INT bad = 0;
-        for (ptrdiff_t i = lo; i < hi; i++) bad |= x[i] - x[i] != 0;
+        for (ptrdiff_t i = lo; i < hi; i++) bad |= BAD(x[i]);
         if (bad)
             for (ptrdiff_t i = lo; i < hi; i++)
-                if (x[i] - x[i] != 0) return i;
+                if (BAD(x[i])) return i;
     }
     return -1;
 }
+#undef BAD
 
-/* Index of the first NaN in x[0..n), or -1: what a clipped update must
- * refuse (clamping makes an infinity finite, not a NaN).  As above, per block. */
 RNN_EXT_FLAT_CLONES
-static ptrdiff_t FLAT(first_nan)(const real *x, ptrdiff_t n) {
-    for (ptrdiff_t lo = 0; lo < n; lo += 1024) {
-        const ptrdiff_t hi = lo + 1024 < n ? lo + 1024 : n;
-        INT bad = 0;
-        for (ptrdiff_t i = lo; i < hi; i++) bad |= x[i] != x[i];
-        if (bad)
-            for (ptrdiff_t i = lo; i < hi; i++)
-                if (x[i] != x[i]) return i;
-    }
-    return -1;
+static ptrdiff_t FLAT(first_bad)(const real *x, ptrdiff_t n, int nan_only) {
+    return nan_only ? FLAT(first_bad_loop)(x, n, 1) : FLAT(first_bad_loop)(x, n, 0);
 }
 
 /* sum(x * x) in double: eight partial sums taken in turn, then added. */

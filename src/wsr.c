@@ -342,8 +342,9 @@ static int step_setup(const wsr_job* job, int i, wsr_step* s, const float** fill
  * panels, a few tiles of every shape (src/wsr_avx512.c: 32, 64 or 128 columns) */
 #define ZIGZAG_COLS (4 * WSR_NR)
 
-/* Thread tid of job->nthreads: every step for its own panels, a barrier
- * after each (the last one also tells the caller the job is done). */
+/* Thread tid of job->nthreads: every step for its own rows (by_rows) or its
+ * own panels; split by panels, a barrier after each step, split by rows one
+ * at the end (the last barrier also tells the caller the job is done). */
 static void job_run(const wsr_job* job, int tid) {
     const int n = job->nthreads, P = job->npanels, T = job->T, H = job->H;
     if (job->task != NULL) {
