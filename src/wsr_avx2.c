@@ -5,7 +5,8 @@
  * Haswell shape).  MR is up to 6; NV is 2 for 4 or more rows, 4 for 2-3
  * rows and 8 for one row, so that there are enough independent accumulators
  * to hide the FMA latency.  Columns past H in the last panel use masked
- * loads and stores.  Layout and invariant: src/wsr_internal.h.
+ * loads and stores.  Each tile fetches the rows of out (and h) that the next
+ * one reads into L1 while it computes.  Layout and invariant: src/wsr_internal.h.
  *
  * Compiled for AVX2 + FMA by a per-function target attribute (GCC, Clang)
  * and called only when the CPU and OS support both (src/wsr.c). */
@@ -18,6 +19,8 @@
 #define MR_MAX 6
 #define NV_MAX 8
 #define VW 8
+/* k steps before the end of a tile at which it fetches the next tile's rows */
+#define WSR_FETCH_STEPS 128
 
 TGT WSR_INLINE __m256 tanh8(__m256 a) {
     const __m256 cl = _mm256_set1_ps(WSR_TANH_CLAMP);
@@ -59,8 +62,32 @@ TGT WSR_INLINE void store(float* p, int n, __m256 x) {
         _mm256_maskstore_ps(p, lanes(n), x);
 }
 
-/* out[b0:b0+MR, c:c+8*NV] (clipped to c1); MR, NV, bwd are constants after inlining */
-TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR, const int NV,
+/* k steps of the tile's product: acc[r][v] += in[r*H + k] * w_k[v] for the
+ * rows at `in` (rows H apart) and the packed rows w_k = wk + k*WSR_NR + off[v];
+ * k ascending, one fused multiply-add per element and step */
+TGT WSR_INLINE void k_steps(__m256 acc[MR_MAX][NV_MAX], const float* in, const float* wk,
+                            const ptrdiff_t off[NV_MAX], int steps, int H, const int MR,
+                            const int NV) {
+    for (const float* const end = in + steps; in < end; in++, wk += WSR_NR) {
+        __m256 w[NV_MAX];
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++) w[v] = _mm256_loadu_ps(wk + off[v]);
+        WSR_UNROLL
+        for (int r = 0; r < MR; r++) {
+            const __m256 a = _mm256_broadcast_ss(in + (ptrdiff_t)r * H);
+            WSR_UNROLL
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(a, w[v], acc[r][v]);
+        }
+    }
+}
+
+/* out[b0:b0+MR, c:c+8*NV] (clipped to c1); MR, NV, bwd are constants after
+ * inlining.  next: the first element of the tile run() computes next (its
+ * `next_rows` rows H apart, `next_cols` columns), or NULL; its rows of out (and of h backward),
+ * which it reads first (last), are fetched into L1 near the end of this
+ * tile's k loop, so that they do not stall its first (last) instructions. */
+TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* next,
+                         int next_rows, int next_cols, const int MR, const int NV,
                          const int bwd) {
     const int H = s->H;
     const float* wp[NV_MAX];
@@ -80,17 +107,27 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR,
     }
     if (s->in != NULL) {
         const float* in = s->in + (ptrdiff_t)b0 * H;
-        for (int k = 0; k < H; k++) {
-            __m256 w[NV_MAX];
-            WSR_UNROLL
-            for (int v = 0; v < NV; v++) w[v] = _mm256_loadu_ps(wp[v] + (ptrdiff_t)k * WSR_NR);
-            WSR_UNROLL
-            for (int r = 0; r < MR; r++) {
-                const __m256 a = _mm256_broadcast_ss(in + (ptrdiff_t)r * H + k);
-                WSR_UNROLL
-                for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(a, w[v], acc[r][v]);
+        ptrdiff_t off[NV_MAX];
+        WSR_UNROLL
+        for (int v = 0; v < NV; v++) off[v] = wp[v] - wp[0];
+        const int late = H > WSR_FETCH_STEPS ? H - WSR_FETCH_STEPS : 0;
+        k_steps(acc, in, wp[0], off, late, H, MR, NV);
+        if (next != NULL) {
+            const float* next_h = bwd ? s->h + (next - s->out) : NULL;
+            for (int r = 0; r < next_rows; r++) {
+                /* the first and last line of its columns in a row (every line
+                 * for the 16 columns of 4 or more rows) */
+                const float* o = next + (ptrdiff_t)r * H;
+                _mm_prefetch((const char*)o, _MM_HINT_T0);
+                _mm_prefetch((const char*)(o + next_cols - 1), _MM_HINT_T0);
+                if (bwd) {
+                    const float* h = next_h + (ptrdiff_t)r * H;
+                    _mm_prefetch((const char*)h, _MM_HINT_T0);
+                    _mm_prefetch((const char*)(h + next_cols - 1), _MM_HINT_T0);
+                }
             }
         }
+        k_steps(acc, in + late, wp[0] + (ptrdiff_t)late * WSR_NR, off, H - late, H, MR, NV);
     }
     /* the epilogue: every result first, then every store, so that no load of h
      * waits behind a store to out at the same address modulo 4 KiB */
@@ -125,14 +162,16 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const int MR,
     }
 }
 
-typedef void (*tile_fn)(const wsr_step*, int, int, int);
+typedef void (*tile_fn)(const wsr_step*, int, int, int, const float*, int, int);
 
 #define DEF(MR, NV)                                                                    \
-    TGT static void fwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1) {        \
-        tile(s, b0, c, c1, MR, NV, 0);                                                 \
+    TGT static void fwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1,          \
+                                    const float* next, int rows, int cols) {           \
+        tile(s, b0, c, c1, next, rows, cols, MR, NV, 0);                               \
     }                                                                                  \
-    TGT static void bwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1) {        \
-        tile(s, b0, c, c1, MR, NV, 1);                                                 \
+    TGT static void bwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1,          \
+                                    const float* next, int rows, int cols) {           \
+        tile(s, b0, c, c1, next, rows, cols, MR, NV, 1);                               \
     }
 #define DEF2(MR) DEF(MR, 1) DEF(MR, 2)
 #define DEF4(MR) DEF2(MR) DEF(MR, 3) DEF(MR, 4)
@@ -151,27 +190,35 @@ static const tile_fn fwd_tab[MR_MAX + 1][NV_MAX + 1] = TABLE(fwd);
 static const tile_fn bwd_tab[MR_MAX + 1][NV_MAX + 1] = TABLE(bwd);
 
 static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1][NV_MAX + 1]) {
-    const int B = s->B;
+    const int B = s->B, H = s->H;
     const int mr0 = B < MR_MAX ? B : MR_MAX;
     /* vectors per tile: enough independent accumulators for the first rows */
     const int nv0 = mr0 >= 4 ? 2 : mr0 >= 2 ? 4 : 8;
-    /* blocks of mr0 rows; a last block of fewer than mr0/2 rows has too few
-     * accumulators, so it shares with the one before (33 rows by 8: 8 + 8 +
-     * 8 + 5 + 4, not 8 + 8 + 8 + 8 + 1) */
-    const int rem = B % mr0;
-    const int split = rem > 0 && rem < mr0 / 2 && B > mr0 ? B - rem - mr0 : B;
+    /* ceil(B / mr0) blocks of rows, as even as they can be: 64 rows are 9
+     * blocks of 6 and 2 of 5, not 10 of 6 and one of 4, whose 8 accumulators
+     * would barely cover the FMA latency (16 are 6 + 5 + 5, 7 are 4 + 3) */
+    const int nb = (B + mr0 - 1) / mr0, base = B / nb, big = B % nb; /* rows: base + 1 x big */
     for (int c = c0; c < c1; c += VW * nv0) {
         const int left = (c1 - c + VW - 1) / VW;
         const int nv = left < nv0 ? left : nv0;
+        const int cols = c1 - c < VW * nv ? c1 - c : VW * nv;
+        const int c_next = c + VW * nv0; /* the next column strip, if any */
         int b0 = 0;
-        for (; b0 < split; b0 += mr0) {
-            const int mr = B - b0 < mr0 ? B - b0 : mr0;
-            tab[mr][nv](s, b0, c, c1);
-        }
-        if (split < B) {
-            const int half = (B - split + 1) / 2;
-            tab[half][nv](s, split, c, c1);
-            tab[B - split - half][nv](s, split + half, c, c1);
+        for (int i = 0; i < nb; i++) {
+            const int mr = base + (i < big);
+            /* the next tile: the next block of rows, or the next strip's first */
+            const float* next = NULL;
+            int next_rows = 0, next_cols = cols;
+            if (i + 1 < nb) {
+                next = s->out + (ptrdiff_t)(b0 + mr) * H + c;
+                next_rows = base + (i + 1 < big);
+            } else if (c_next < c1) {
+                next = s->out + c_next;
+                next_rows = base + (0 < big);
+                next_cols = c1 - c_next < VW * nv0 ? c1 - c_next : VW * nv0;
+            }
+            tab[mr][nv](s, b0, c, c1, next, next_rows, next_cols);
+            b0 += mr;
         }
     }
 }
