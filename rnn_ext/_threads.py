@@ -72,6 +72,17 @@ AUTO_MIN_STEP_FLOPS = 2 * 1024 * 1024
 # second thread saves (B = 1, H = 64 on two threads: 1.1-1.4x the time of
 # one).  Results do not depend on the count, so this changes no bits.
 POOL_MIN_STEP = 1 << 15
+# A pass so small that the BLAS runs each of its calls on one thread anyway
+# skips setting the BLAS to one thread and back (about 2 us a call, most of
+# a tiny pass's fixed cost).  Every product of a pass multiplies an (M, K) by
+# a (K, N) with one of M, N, K in {T*B, B} and the other two in {D, H, K},
+# so M*N*K <= T*B*m*m with m = max(D, H, K); OpenBLAS runs a GEMM on one
+# thread up to M*N*K = 4 * 2^16 and a GEMV below M*N = 4 * 2304
+# (interface/gemm.c, gemv.c: GEMM_MULTITHREAD_THRESHOLD 4), a quarter of
+# which these bounds keep.  (With another BLAS at worse a tiny pass runs
+# some call on its threads: no other effect.)
+BLAS_SERIAL_MNK = 1 << 16
+BLAS_SERIAL_MN = 2304
 
 
 def _find_kernel_blas():
@@ -332,9 +343,16 @@ def pass_threads(T, B, D, H, K):
     T, B, D, H, K : int
         Time steps, batch, input, hidden and output sizes of the pass.
     """
-    if _user_n is not None or _auto_threads(T, B, D, H, K) is None:
+    if (_user_n is not None or _auto_threads(T, B, D, H, K) is None
+            or _blas_serial(T, B, D, H, K)):
         return _NO_CHANGE
     return _ONE_THREAD
+
+
+def _blas_serial(T, B, D, H, K):
+    """Whether the BLAS runs every call of such a pass on one thread by itself."""
+    m = max(D, H, K)
+    return T * B * m * m <= BLAS_SERIAL_MNK and m * m <= BLAS_SERIAL_MN
 
 
 def pool_threads(T, B, D, H, K):
@@ -363,4 +381,4 @@ def pool_threads(T, B, D, H, K):
     else:
         with _lock:
             n = max(_baseline(), default=1)
-    return _ONE_THREAD, n
+    return (_NO_CHANGE if _blas_serial(T, B, D, H, K) else _ONE_THREAD), n

@@ -223,6 +223,17 @@ class RNN:
         """(name, layout name) of every parameter, computed once (both are fixed)."""
         return tuple((n, _LEGACY.get(n, n) if self._legacy else n) for n in self._names())
 
+    @cached_property
+    def _grad_spans(self) -> tuple[tuple[tuple[str, slice, tuple[int, ...] | None], ...],
+                                   tuple[str | None, ...]]:
+        """((name, slice of the gradient buffer, shape or None for 1-D) of every
+        parameter in ``parameters()`` order, the names of the first layer's U,
+        W, V, b, c among them (None: absent)), computed once for the short path."""
+        layout_spans = {key: (at, shape) for key, at, shape in self._layout._spans}
+        spans = tuple((n, *layout_spans[key]) for n, key in self._grad_keys)
+        name_of = {key: n for n, key in self._grad_keys}
+        return spans, tuple(name_of.get(key) for key in ("U_l0", "W_l0", "V", "b_l0", "c"))
+
     def _refresh_views(self, only: str | None = None) -> None:
         flat_views = self._layout.views(self._flat)
         for name in self._names():
@@ -553,8 +564,14 @@ class RNN:
             if short is not None:
                 total, _, _, dflat, dh0, h_n = short
                 L = h_n.shape[0]
-                return total, self._gradients(dflat, self._layout.views(dflat),
-                                              dh0[0] if L == 1 else dh0, None, h_n[L - 1], h_n)
+                spans, (kU, kW, kV, kb, kc) = self._grad_spans
+                # the named views, made once, in parameters() order
+                named = {n: dflat[at] if shape is None else dflat[at].reshape(shape)
+                         for n, at, shape in spans}
+                get = named.get
+                return total, Gradients(named[kU], named[kW], named[kV], get(kb), get(kc),
+                                        dh0[0] if L == 1 else dh0, None, h_n[L - 1], h_n,
+                                        dflat, named)
         loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index,
                                        train, seed)
         dx = self._sequence(g["x"], batch) if g["x"] is not None else None

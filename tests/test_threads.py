@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from threadpoolctl import ThreadpoolController
 
+import rnn_ext
 from rnn_ext import _threads
 
 
@@ -142,6 +143,49 @@ def test_pass_threads_small_pass_runs_on_one_thread_and_restores():
     with _threads.pass_threads(**SMALL):
         assert set(blas_counts()) == {1}
     assert set(blas_counts()) == {2}
+
+
+def record_blas_settings(monkeypatch):
+    """The counts _threads sets the BLAS to from now on (a list that grows)."""
+    if _threads._controller is None:
+        _threads._libs()
+    calls = []
+    monkeypatch.setattr(_threads, "_setters", [
+        lambda n, f=set_n: calls.append(n) or f(n) for set_n in _threads._setters])
+    return calls
+
+
+@pytest.mark.parametrize("sizes", [dict(T=1, B=1, D=2, H=2, K=2), dict(T=4, B=4, D=48, H=16, K=8)])
+def test_pass_threads_tiny_pass_skips_the_blas_setting(sizes, monkeypatch):
+    # every product of such a pass is below the BLAS's own threading bound
+    # (_threads.BLAS_SERIAL_*): it is not set to one thread and back
+    assert _threads._blas_serial(**sizes)
+    set_blas_directly(2)
+    calls = record_blas_settings(monkeypatch)
+    with _threads.pass_threads(**sizes):
+        assert set(blas_counts()) == {2}
+    ctx, n = _threads.pool_threads(**sizes)
+    with ctx:
+        assert set(blas_counts()) == {2}
+    assert n == 1 and calls == []
+    # one step larger on either bound: set and restored as before
+    m = max(sizes["D"], sizes["H"], sizes["K"])
+    longer = _threads.BLAS_SERIAL_MNK // (sizes["B"] * m * m) + 1
+    for bigger in (dict(sizes, T=longer), dict(sizes, H=49)):
+        assert not _threads._blas_serial(**bigger)
+        if _threads._auto_threads(**bigger) is not None:
+            with _threads.pass_threads(**bigger):
+                assert set(blas_counts()) == {1}
+    assert calls and set(blas_counts()) == {2}
+
+
+def test_tiny_loss_and_grad_leaves_the_blas_setting_alone(monkeypatch):
+    model = rnn_ext.RNN(2, 2, 2, seed=0)
+    x = np.zeros((1, 1), dtype=np.intp)
+    set_blas_directly(2)
+    calls = record_blas_settings(monkeypatch)
+    loss, g = model.loss_and_grad(x, x)
+    assert calls == [] and np.isfinite(loss) and g.W.shape == (2, 2)
 
 
 def test_pass_threads_large_pass_leaves_blas_alone():
