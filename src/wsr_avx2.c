@@ -6,7 +6,8 @@
  * rows and 8 for one row, so that there are enough independent accumulators
  * to hide the FMA latency.  Columns past H in the last panel use masked
  * loads and stores.  Each tile fetches the rows of out (and h) that the next
- * one reads into L1 while it computes.  Layout and invariant: src/wsr_internal.h.
+ * one reads into L1 while it computes.  Layout and invariant:
+ * src/wsr_internal.h.
  *
  * Compiled for AVX2 + FMA by a per-function target attribute (GCC, Clang)
  * and called only when the CPU and OS support both (src/wsr.c). */
@@ -19,8 +20,10 @@
 #define MR_MAX 6
 #define NV_MAX 8
 #define VW 8
-/* k steps before the end of a tile at which it fetches the next tile's rows */
+/* k steps before the end of a tile at which it fetches the next tile's rows,
+ * in tiles of at least WSR_FETCH_MIN_H steps */
 #define WSR_FETCH_STEPS 128
+#define WSR_FETCH_MIN_H 256
 
 TGT WSR_INLINE __m256 tanh8(__m256 a) {
     const __m256 cl = _mm256_set1_ps(WSR_TANH_CLAMP);
@@ -83,9 +86,10 @@ TGT WSR_INLINE void k_steps(__m256 acc[MR_MAX][NV_MAX], const float* in, const f
 
 /* out[b0:b0+MR, c:c+8*NV] (clipped to c1); MR, NV, bwd are constants after
  * inlining.  next: the first element of the tile run() computes next (its
- * `next_rows` rows H apart, `next_cols` columns), or NULL; its rows of out (and of h backward),
- * which it reads first (last), are fetched into L1 near the end of this
- * tile's k loop, so that they do not stall its first (last) instructions. */
+ * `next_rows` rows H apart, `next_cols` columns), or NULL.  Its rows of out
+ * (and of h backward), which it reads first (last), are fetched into L1 near
+ * the end of this tile's k loop, so that they do not stall its first (last)
+ * instructions. */
 TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* next,
                          int next_rows, int next_cols, const int MR, const int NV,
                          const int bwd) {
@@ -110,9 +114,11 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
         ptrdiff_t off[NV_MAX];
         WSR_UNROLL
         for (int v = 0; v < NV; v++) off[v] = wp[v] - wp[0];
-        const int late = H > WSR_FETCH_STEPS ? H - WSR_FETCH_STEPS : 0;
+        /* a short k loop (H < WSR_FETCH_MIN_H) does without: what the fetch
+         * would save costs less than the fetch itself there */
+        const int late = H >= WSR_FETCH_MIN_H ? H - WSR_FETCH_STEPS : H;
         k_steps(acc, in, wp[0], off, late, H, MR, NV);
-        if (next != NULL) {
+        if (next != NULL && late < H) {
             const float* next_h = bwd ? s->h + (next - s->out) : NULL;
             for (int r = 0; r < next_rows; r++) {
                 /* the first and last line of its columns in a row (every line
