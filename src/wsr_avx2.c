@@ -229,10 +229,41 @@ static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1]
     }
 }
 
+/* dst[b*ldd + a] = src[a*lds + b] for a, b < 8: eight rows in, eight out */
+TGT WSR_INLINE void transpose8(const float* src, ptrdiff_t lds, float* dst, ptrdiff_t ldd) {
+    __m256 r[8], t[8];
+    WSR_UNROLL
+    for (int a = 0; a < 8; a++) r[a] = _mm256_loadu_ps(src + a * lds);
+    /* pairs of rows interleaved, then pairs of pairs, then the 128-bit halves */
+    WSR_UNROLL
+    for (int a = 0; a < 8; a += 2) {
+        t[a] = _mm256_unpacklo_ps(r[a], r[a + 1]);
+        t[a + 1] = _mm256_unpackhi_ps(r[a], r[a + 1]);
+    }
+    WSR_UNROLL
+    for (int a = 0; a < 8; a += 4) {
+        r[a] = _mm256_shuffle_ps(t[a], t[a + 2], 0x44);
+        r[a + 1] = _mm256_shuffle_ps(t[a], t[a + 2], 0xEE);
+        r[a + 2] = _mm256_shuffle_ps(t[a + 1], t[a + 3], 0x44);
+        r[a + 3] = _mm256_shuffle_ps(t[a + 1], t[a + 3], 0xEE);
+    }
+    WSR_UNROLL
+    for (int b = 0; b < 4; b++) {
+        _mm256_storeu_ps(dst + b * ldd, _mm256_permute2f128_ps(r[b], r[b + 4], 0x20));
+        _mm256_storeu_ps(dst + (b + 4) * ldd, _mm256_permute2f128_ps(r[b], r[b + 4], 0x31));
+    }
+}
+
+TGT void rnn_ext_wsr_transpose_avx2(const float* src, ptrdiff_t lds, float* dst) {
+    for (int j = 0; j < WSR_NR; j += 8)
+        for (int k = 0; k < WSR_NR; k += 8)
+            transpose8(src + j * lds + k, lds, dst + k * WSR_NR + j, WSR_NR);
+}
+
 static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, fwd_tab); }
 static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab); }
 
-const wsr_kernels rnn_ext_wsr_avx2 = {"avx2", forward, backward};
+const wsr_kernels rnn_ext_wsr_avx2 = {"avx2", forward, backward, rnn_ext_wsr_transpose_avx2};
 
 #else
 typedef int rnn_ext_wsr_avx2_unused; /* not an x86-64 build: an empty unit */

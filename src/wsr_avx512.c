@@ -198,7 +198,7 @@ static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1]
 static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, fwd_tab); }
 static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab); }
 
-const wsr_kernels rnn_ext_wsr_avx512 = {"avx512", forward, backward};
+const wsr_kernels rnn_ext_wsr_avx512 = {"avx512", forward, backward, rnn_ext_wsr_transpose_avx2};
 
 #else
 typedef int rnn_ext_wsr_avx512_unused; /* not an x86-64 build: an empty unit */

@@ -74,10 +74,15 @@ typedef struct wsr_step {
  * Writes nothing outside those columns. */
 typedef void (*wsr_kernel_fn)(const wsr_step* s, int c0, int c1);
 
+/* dst[k*WSR_NR + j] = src[j*lds + k] for j, k < WSR_NR: one whole block of
+ * the forward layout's transpose (src/wsr.c: pack_panels) */
+typedef void (*wsr_transpose_fn)(const float* src, ptrdiff_t lds, float* dst);
+
 typedef struct wsr_kernels {
     const char* name;
     wsr_kernel_fn forward;   /* out = f(out + in @ Wf) */
     wsr_kernel_fn backward;  /* out = (out + in @ Wf) * f'(h) */
+    wsr_transpose_fn transpose; /* or NULL: pack_panels' scalar loop */
 } wsr_kernels;
 
 /* 1 when this build has the path `name` and the CPU can run it, else 0
@@ -88,6 +93,8 @@ extern const wsr_kernels rnn_ext_wsr_portable;
 #if WSR_X86_64
 extern const wsr_kernels rnn_ext_wsr_avx2;
 extern const wsr_kernels rnn_ext_wsr_avx512;
+/* src/wsr_avx2.c's, which the AVX-512 path shares (its CPUs have AVX2) */
+void rnn_ext_wsr_transpose_avx2(const float* src, ptrdiff_t lds, float* dst);
 #endif
 #if WSR_AARCH64
 extern const wsr_kernels rnn_ext_wsr_neon;
