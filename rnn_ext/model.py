@@ -225,14 +225,15 @@ class RNN:
 
     @cached_property
     def _grad_spans(self) -> tuple[tuple[tuple[str, slice, tuple[int, ...] | None], ...],
-                                   tuple[str | None, ...]]:
+                                   tuple[str, str, str, str | None, str | None]]:
         """((name, slice of the gradient buffer, shape or None for 1-D) of every
         parameter in ``parameters()`` order, the names of the first layer's U,
         W, V, b, c among them (None: absent)), computed once for the short path."""
         layout_spans = {key: (at, shape) for key, at, shape in self._layout._spans}
         spans = tuple((n, *layout_spans[key]) for n, key in self._grad_keys)
         name_of = {key: n for n, key in self._grad_keys}
-        return spans, tuple(name_of.get(key) for key in ("U_l0", "W_l0", "V", "b_l0", "c"))
+        return spans, (name_of["U_l0"], name_of["W_l0"], name_of["V"], name_of.get("b_l0"),
+                       name_of.get("c"))
 
     def _refresh_views(self, only: str | None = None) -> None:
         flat_views = self._layout.views(self._flat)
@@ -568,8 +569,9 @@ class RNN:
                 # the named views, made once, in parameters() order
                 named = {n: dflat[at] if shape is None else dflat[at].reshape(shape)
                          for n, at, shape in spans}
-                get = named.get
-                return total, Gradients(named[kU], named[kW], named[kV], get(kb), get(kc),
+                return total, Gradients(named[kU], named[kW], named[kV],
+                                        None if kb is None else named[kb],
+                                        None if kc is None else named[kc],
                                         dh0[0] if L == 1 else dh0, None, h_n[L - 1], h_n,
                                         dflat, named)
         loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index,
