@@ -224,16 +224,23 @@ class RNN:
         return tuple((n, _LEGACY.get(n, n) if self._legacy else n) for n in self._names())
 
     @cached_property
-    def _grad_spans(self) -> tuple[tuple[tuple[str, slice, tuple[int, ...] | None], ...],
-                                   tuple[str, str, str, str | None, str | None]]:
-        """((name, slice of the gradient buffer, shape or None for 1-D) of every
-        parameter in ``parameters()`` order, the names of the first layer's U,
-        W, V, b, c among them (None: absent)), computed once for the short path."""
+    def _grad_spans(self) -> tuple[tuple[str, slice, tuple[int, ...] | None], ...]:
+        """(name, slice of the gradient buffer, shape or None for 1-D) of every
+        parameter, in ``parameters()`` order, computed once (see _grad_views)."""
         layout_spans = {key: (at, shape) for key, at, shape in self._layout._spans}
-        spans = tuple((n, *layout_spans[key]) for n, key in self._grad_keys)
+        return tuple((n, *layout_spans[key]) for n, key in self._grad_keys)
+
+    @cached_property
+    def _grad_fields(self) -> tuple[str, str, str, str | None, str | None]:
+        """The names of Gradients' U, W, V, b, c among ``parameters()`` (None: absent)."""
         name_of = {key: n for n, key in self._grad_keys}
-        return spans, (name_of["U_l0"], name_of["W_l0"], name_of["V"], name_of.get("b_l0"),
-                       name_of.get("c"))
+        return (name_of["U_l0"], name_of["W_l0"], name_of["V"], name_of.get("b_l0"),
+                name_of.get("c"))
+
+    def _grad_views(self, dflat: np.ndarray) -> dict[str, np.ndarray]:
+        """{name: view of the gradient buffer} in ``parameters()`` order."""
+        return {n: dflat[at] if shape is None else dflat[at].reshape(shape)
+                for n, at, shape in self._grad_spans}
 
     def _refresh_views(self, only: str | None = None) -> None:
         flat_views = self._layout.views(self._flat)
@@ -565,29 +572,24 @@ class RNN:
             if short is not None:
                 total, _, _, dflat, dh0, h_n = short
                 L = h_n.shape[0]
-                spans, (kU, kW, kV, kb, kc) = self._grad_spans
-                # the named views, made once, in parameters() order
-                named = {n: dflat[at] if shape is None else dflat[at].reshape(shape)
-                         for n, at, shape in spans}
-                return total, Gradients(named[kU], named[kW], named[kV],
-                                        None if kb is None else named[kb],
-                                        None if kc is None else named[kc],
-                                        dh0[0] if L == 1 else dh0, None, h_n[L - 1], h_n,
-                                        dflat, named)
+                return total, self._gradients(dflat, self._grad_views(dflat),
+                                              dh0[0] if L == 1 else dh0, None, h_n[L - 1], h_n)
         loss, batch, hs, g = self._run(_FULL, x, y, h0, lengths, reduction, ignore_index,
                                        train, seed)
         dx = self._sequence(g["x"], batch) if g["x"] is not None else None
         h_n = final_states(self.layer._stack, hs, batch)
-        return loss, self._gradients(g["dflat"], g["named"], self._dh0(g["h0"], batch, h0), dx,
+        named = {n: g["named"][key] for n, key in self._grad_keys}
+        return loss, self._gradients(g["dflat"], named, self._dh0(g["h0"], batch, h0), dx,
                                      self._h_last(h_n, batch), self._h_n(h_n, batch))
 
     def _gradients(self, dflat: np.ndarray, named: dict[str, np.ndarray], dh0: np.ndarray,
                    dx: np.ndarray | None, h_last: np.ndarray, h_n: np.ndarray) -> Gradients:
-        """loss_and_grad's result from the gradient buffer and its named views."""
+        """loss_and_grad's result from the gradient buffer and its views, named
+        and ordered as ``parameters()``."""
+        kU, kW, kV, kb, kc = self._grad_fields
         # (positional: a frozen dataclass takes keywords 0.3 us slower)
-        return Gradients(named["U_l0"], named["W_l0"], named["V"], named.get("b_l0"),
-                         named.get("c"), dh0, dx, h_last, h_n, dflat,
-                         {n: named[key] for n, key in self._grad_keys})
+        return Gradients(named[kU], named[kW], named[kV], None if kb is None else named[kb],
+                         None if kc is None else named[kc], dh0, dx, h_last, h_n, dflat, named)
 
     def _short(self, what: int, x: Any, y: Any) -> tuple | None:
         """One pass by the short path, or None to take the general one.
