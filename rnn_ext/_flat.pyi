@@ -3,10 +3,13 @@
 #
 # Every array is 1-D, C-contiguous, float32 or float64 (one dtype per call);
 # rnn_ext/optim.py and rnn_ext/clip.py make them so.
+from typing import TypeVar
+
 import numpy as np
 import numpy.typing as npt
 
 _F = npt.NDArray[np.floating]
+_T = TypeVar("_T")
 
 SIMD_CLONES: bool
 FUSED_DIVISION: bool
@@ -34,3 +37,7 @@ def adam_step(
     step: int,
     clip: float = ...,
 ) -> None: ...
+def views(
+    flat: _F, spans: tuple[tuple[str, int, tuple[int, ...]], ...]
+) -> dict[str, _F]: ...
+def record(cls: type[_T], values: tuple[object, ...]) -> _T: ...

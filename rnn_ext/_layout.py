@@ -15,6 +15,8 @@ from functools import cached_property
 
 import numpy as np
 
+from . import _flat
+
 __all__ = ["Layout", "recurrent_layout", "head_layout", "suffixes", "init_uniform"]
 
 #: The direction suffixes of PyTorch's ``nn.RNN``: forward, then reverse.
@@ -61,18 +63,17 @@ class Layout:
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """{name: view of flat}, in layout order."""
-        if flat.shape != (self.size,):
-            raise ValueError(f"flat buffer must have shape ({self.size},), got {flat.shape}")
-        return {name: flat[span] if shape is None else flat[span].reshape(shape)
-                for name, span, shape in self._spans}
+        if not isinstance(flat, np.ndarray) or flat.shape != (self.size,):
+            raise ValueError(f"flat buffer must have shape ({self.size},), got "
+                             f"{getattr(flat, 'shape', type(flat).__name__)}")
+        return _flat.views(flat, self._spans)
 
     @cached_property
-    def _spans(self) -> tuple[tuple[str, slice, tuple[int, ...] | None], ...]:
-        """(name, slice of flat, shape or None for 1-D) of each parameter, computed
-        once: views() runs for every gradient."""
-        return tuple((name, slice(at, at + n), None if len(shape) == 1 else shape)
-                     for name, shape, at, n in zip(self.names, self.shapes, self.offsets,
-                                                   self.sizes))
+    def _spans(self) -> tuple[tuple[str, int, tuple[int, ...]], ...]:
+        """(name, offset in flat, shape) of each parameter, computed once:
+        views() runs for every gradient."""
+        return tuple((name, at, tuple(shape))
+                     for name, shape, at in zip(self.names, self.shapes, self.offsets))
 
 
 def recurrent_layout(input_size: int, hidden_size: int, num_layers: int,

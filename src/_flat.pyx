@@ -23,6 +23,7 @@ that meets an array is then rounded to the array's dtype, as PyTorch rounds
 a Python scalar to a tensor's dtype.
 """
 cimport numpy as cnp
+from cpython.object cimport PyObject_GenericSetAttr
 from libc.math cimport fabs, pow
 
 cnp.import_array()
@@ -288,3 +289,72 @@ def adam_step(p, g, m, v, double lr, double beta1, double beta2, double eps, Py_
             rnn_ext_adam_d(<double*>a[0], <double*>a[1], <double*>a[2], <double*>a[3], n, w,
                            1 - w, small, beta2, 1 - beta2, -step_size, bc2_sqrt,
                            1 / bc2_sqrt, eps, 0, clip)
+
+
+# ---------------------------------------------------------------------------
+# named views and the records that carry them
+
+
+def views(flat, tuple spans):
+    """``{name: view of flat}`` for ``spans`` of (name, offset, shape), in order.
+
+    The same arrays as ``flat[offset:offset + n].reshape(shape)`` (n the
+    product of shape): views sharing flat's memory, writeable when flat is,
+    built through NumPy's C API in about a tenth of a microsecond each
+    instead of half a microsecond (rnn_ext/_layout.py, Layout.views, which
+    checks flat's shape; here the spans are checked against it again).
+    """
+    cdef int t = dtype_of(flat, "flat")
+    data_of(flat, "flat", t, -1, False)
+    cdef cnp.ndarray arr = <cnp.ndarray>flat
+    cdef Py_ssize_t size = size_of(flat), at, n, nd, i
+    cdef cnp.npy_intp dims[8]
+    cdef bint writeable = cnp.PyArray_ISWRITEABLE(arr)
+    cdef int typenum = cnp.PyArray_TYPE(arr)
+    cdef char* base = <char*>cnp.PyArray_DATA(arr)
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(arr)
+    cdef dict out = {}
+    cdef cnp.ndarray view
+    for name, at, shape in spans:
+        nd = len(shape)
+        if not 1 <= nd <= 8:
+            raise ValueError(f"rnn_ext._flat.views: shape {shape!r} must have 1 to 8 axes")
+        n = 1
+        for i in range(nd):
+            dims[i] = shape[i]
+            if dims[i] < 0:
+                raise ValueError(f"rnn_ext._flat.views: negative extent in shape {shape!r}")
+            n *= dims[i]
+        if at < 0 or at + n > size:
+            raise ValueError(f"rnn_ext._flat.views: {name!r} at [{at}, {at + n}) lies outside "
+                             f"flat's {size} elements")
+        # C order (flags 0), read-only; then writeable like flat, and owned by it
+        view = cnp.PyArray_New(cnp.ndarray, <int>nd, dims, typenum, NULL,
+                               base + at * itemsize, 0, 0, None)
+        if writeable:
+            cnp.PyArray_ENABLEFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
+        cnp.set_array_base(view, arr)
+        out[name] = view
+    return out
+
+
+def record(cls, tuple values):
+    """A new instance of the slotted (and frozen) dataclass ``cls`` holding
+    ``values`` in its fields' order.
+
+    What ``cls(*values)`` builds, without its ``__init__``: a frozen
+    dataclass's sets each field through ``object.__setattr__``, about 0.15 us
+    a field (1.7 us for Gradients); this sets them through the generic
+    attribute setter from C.  Only for classes whose ``__init__`` does
+    nothing but store its arguments (no defaults left out, no
+    ``__post_init__``).
+    """
+    cdef tuple names = cls.__slots__
+    if len(values) != len(names):
+        raise ValueError(f"rnn_ext._flat.record: {cls.__name__} has {len(names)} fields, "
+                         f"got {len(values)} values")
+    obj = object.__new__(cls)
+    cdef Py_ssize_t i
+    for i in range(len(names)):
+        PyObject_GenericSetAttr(obj, names[i], values[i])
+    return obj

@@ -142,3 +142,75 @@ def test_arguments_are_checked_before_any_write():
     with pytest.raises(TypeError, match="g must be a numpy array, got NoneType"):
         _flat.clip_value(None, 1.0)
     assert not p.any() and not m.any() and not v.any()
+
+
+# -- views and records -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("writeable", [True, False])
+def test_views_are_the_slices_numpy_makes(dtype, writeable):
+    owner = data(40, dtype)
+    flat = owner[3:33]  # a view itself: the views' base is the owner, as numpy's are
+    flat.flags.writeable = writeable
+    spans = (("U", 0, (4, 3)), ("b", 12, (4,)), ("W", 16, (2, 7)), ("e", 30, (0,)))
+    got = _flat.views(flat, spans)
+    assert list(got) == ["U", "b", "W", "e"]
+    for name, at, shape in spans:
+        want = flat[at:at + int(np.prod(shape))].reshape(shape)
+        v = got[name]
+        assert v.shape == want.shape and v.dtype == want.dtype and v.strides == want.strides
+        np.testing.assert_array_equal(v, want)
+        assert np.shares_memory(v, flat) or v.size == 0
+        assert v.flags.writeable == want.flags.writeable == writeable
+        assert v.flags.c_contiguous and v.flags.aligned and not v.flags.owndata
+        assert v.base is want.base
+    if writeable:
+        got["b"][...] = 7
+        assert (flat[12:16] == 7).all()
+    else:
+        with pytest.raises(ValueError, match="read-only"):
+            got["b"][...] = 7
+
+
+def test_views_keep_the_buffer_alive():
+    v = _flat.views(np.arange(6, dtype=np.float32), (("x", 2, (2, 2)),))["x"]
+    np.testing.assert_array_equal(v, [[2, 3], [4, 5]])
+
+
+@pytest.mark.parametrize("spans, match", [
+    ((("x", 5, (2, 3)),), r"\[5, 11\) lies outside flat's 10"),
+    ((("x", -1, (2,)),), "outside"),
+    ((("x", 0, (2, -1)),), "negative extent"),
+    ((("x", 0, ()),), "1 to 8 axes"),
+])
+def test_views_refuse_spans_outside_the_buffer(spans, match):
+    with pytest.raises(ValueError, match=match):
+        _flat.views(np.zeros(10, np.float32), spans)
+
+
+def test_views_refuse_what_is_not_a_flat_float_buffer():
+    with pytest.raises(TypeError, match="numpy array"):
+        _flat.views([0.0] * 4, (("x", 0, (2,)),))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _flat.views(np.zeros(4, np.int64), (("x", 0, (2,)),))
+    with pytest.raises(ValueError, match="1-D and C-contiguous"):
+        _flat.views(np.zeros(8, np.float32)[::2], (("x", 0, (2,)),))
+
+
+def test_record_is_the_dataclass_init():
+    from dataclasses import FrozenInstanceError
+
+    from rnn_ext._results import Gradients
+
+    a, b = np.zeros(2), np.ones(3)
+    values = (a, b, a, None, b, a, None, b, a, b, {"U": a})
+    got = _flat.record(Gradients, values)
+    want = Gradients(*values)
+    assert type(got) is Gradients
+    for name in Gradients.__slots__:
+        assert getattr(got, name) is getattr(want, name)
+    with pytest.raises(FrozenInstanceError):
+        got.U = b
+    with pytest.raises(ValueError, match="has 11 fields, got 10"):
+        _flat.record(Gradients, values[:-1])
