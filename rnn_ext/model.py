@@ -451,6 +451,12 @@ class RNN:
         Equivalent to ``forward(x_t[None], h)`` read at its only step;
         unidirectional models only.
         """
+        fast = self._fast if self._fast is not None else self._bound()
+        if fast is not None:
+            # an int id and the state the last step returned: no conversion at all
+            out = fast.step(x_t, h)
+            if out is not None:
+                return out
         s = self.layer._stack
         xf, xi, h0, batched = step_inputs(s, x_t, h)
         params = self.head._params
@@ -592,6 +598,19 @@ class RNN:
                                         None if kc is None else named[kc], dh0, dx, h_last,
                                         h_n, dflat, named))
 
+    def _bound(self) -> Any:
+        """The short paths' bound parameters (``_kernels.FastPass``), made once;
+        None for a model they do not serve (float64, or bidirectional)."""
+        s = self.layer._stack
+        if s.dtype != _F32 or s.dirs != 1:
+            return None
+        layout = self._layout
+        self._fast = _kernels.FastPass(
+            self.layer._flat, self._offs, s.D, s.H, self.head._params["V"],
+            self.head._params.get("c"), s.relu, layout.size, layout.offset("V"),
+            layout.offset("c") if "c" in layout.names else -1)
+        return self._fast
+
     def _short(self, what: int, x: Any, y: Any) -> tuple | None:
         """One pass by the short path, or None to take the general one.
 
@@ -623,13 +642,7 @@ class RNN:
         version = self._version
         if version % 2:
             return None  # an assignment is in progress
-        fast = self._fast
-        if fast is None:
-            layout = self._layout
-            fast = self._fast = _kernels.FastPass(
-                self.layer._flat, self._offs, s.D, s.H, self.head._params["V"],
-                self.head._params.get("c"), s.relu, layout.size, layout.offset("V"),
-                layout.offset("c") if "c" in layout.names else -1)
+        fast = self._fast if self._fast is not None else self._bound()
         packed = use_packed(s, T, B)
         ctx, n = plan_threads(s, T, B, K, packed)
         need_WT, need_UT = scratch_needs(s, T, B, True, packed)

@@ -481,7 +481,8 @@ cdef class FastPass:
     (the flat parameters, their offsets, V, c, the sizes and where dV and dc
     lie in the gradient buffer) once, checked as model_pass checks them;
     :meth:`run` then takes the ids and which scratch the caller's rules ask
-    for, checks the ids through NumPy's C API and allocates the rest itself.
+    for, checks the ids through NumPy's C API and allocates the rest itself;
+    :meth:`step` is model.step's common call (an int id and the last state).
     The arrays are held, not copied: the model assigns into them in place.
 
     The scratch a call does not return (packed W, W.T, U.T, δ, and the states
@@ -630,6 +631,39 @@ cdef class FastPass:
         if held is None or cnp.PyArray_SIZE(<cnp.ndarray>held) < cnp.PyArray_SIZE(arena):
             self.spare = arena
         return total, hs, Z, dflat, dh0, h_n
+
+    def step(self, object x_t, object h):
+        """step_pass's common call, a generation loop's: one int id x_t and h the
+        float32 state the last step returned, (L, H) (or (H,) with one layer).
+
+        Returns (h_out, probs), new arrays of shapes (L, H) and (K,), the same
+        as step_pass's, or None, computing nothing, for any other x_t or h
+        (an id out of range included): the general path then takes the call
+        and reports what is wrong.  Nothing is converted: a handful of checks
+        through NumPy's C API, two allocations, the kernel.
+        """
+        if type(x_t) is not int or type(h) is not cnp.ndarray:
+            return None
+        cdef int L = self.L, H = self.H, D = self.D, K = self.K
+        if not 0 <= x_t < D:
+            return None
+        cdef Py_ssize_t x_id = x_t
+        cdef cnp.ndarray a = <cnp.ndarray>h
+        cdef int nd = cnp.PyArray_NDIM(a)
+        cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(a)
+        if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+                or not ((nd == 2 and dims[0] == L and dims[1] == H)
+                        or (nd == 1 and L == 1 and dims[0] == H))):
+            return None
+        cdef const float* ph = <const float*>cnp.PyArray_DATA(a)
+        cdef cnp.ndarray h_out = new_f32(2, L, H), Z = new_f32(1, K)
+        cdef float* pout = <float*>cnp.PyArray_DATA(h_out)
+        cdef float* pZ = <float*>cnp.PyArray_DATA(Z)
+        cdef const float* pc = ptr1(self.c)
+        with nogil:
+            run_step(<const float*>NULL, &x_id, ph, pout, &self.flat[0], &self.offs[0, 0],
+                     &self.V[0, 0], pc, pZ, 1, D, H, L, K, self.relu)
+        return h_out, Z
 
 
 # ---------------------------------------------------------------------------

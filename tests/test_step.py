@@ -101,6 +101,32 @@ def test_step_refuses_bad_ids_of_every_kind():
         m.step(1, np.zeros((1, 1, 6), np.float32))
 
 
+@pytest.mark.parametrize("L", [1, 2])
+def test_the_bound_step_equals_the_general_one_and_sees_assignments(L):
+    """model.step(int, state) takes the bound short path (FastPass.step); a state
+    spelled another way takes the general one.  Both give the same bits, before
+    and after the parameters are assigned, and bad ids are refused the same way."""
+    m = rnn_ext.RNN(5, 6, 4, num_layers=L, seed=4)
+    h = np.random.default_rng(1).normal(size=(L, 6)).astype(np.float32)
+    for assign in (False, True):
+        if assign:
+            m.W = np.random.default_rng(2).normal(size=(6, 6))
+            m.c = np.arange(4.0)
+        h1, p1 = m.step(3, h)                       # the bound path
+        h2, p2 = m.step(3, h.tolist())              # the general path
+        np.testing.assert_array_equal(h1, h2)
+        np.testing.assert_array_equal(p1, p2)
+        f = m.forward(np.array([[3]]), h[:, None])
+        np.testing.assert_allclose(p1, f.probs[0, 0], rtol=2e-6, atol=2e-6)
+    for bad in (5, -1, 10**30):
+        with pytest.raises(ValueError, match=r"x_t id must be in \[0, 5\)"):
+            m.step(bad, h)
+    with pytest.raises(TypeError):
+        m.step(True, h)
+    with pytest.raises(ValueError, match="h must have shape"):
+        m.step(1, np.zeros((L + 1, 6), np.float32))
+
+
 def test_step_pass_guards_its_buffers():
     """The compiled entry point trusts validated input, but a caller that bypassed
     the validation gets a ValueError, not a read out of bounds."""
