@@ -385,7 +385,8 @@ class RNN:
             if short is not None:
                 _, hs, Z, _, _, h_n = short
                 T, B = x.shape
-                return ForwardResult(hs[-1, 1:], Z.reshape(T, B, -1), h_n[-1], h_n)
+                return _flat.record(ForwardResult, (hs[-1, 1:], Z.reshape(T, B, -1), h_n[-1],
+                                                    h_n))
         batch = self._batch(x, None, h0, lengths)
         hs, Z, _ = self._pass(_FORWARD, batch, None)
         h_n = final_states(self.layer._stack, hs, batch)
