@@ -251,11 +251,17 @@ static void pack_panels(const float* W, int H, float* packed_fwd, float* packed_
         if (packed_bwd != NULL) {
             /* panel p, row k: W[k, p*32 + j] */
             const int nc = H - p * WSR_NR < WSR_NR ? H - p * WSR_NR : WSR_NR;
+            /* a loop the compiler unrolls into vector moves: a call to memcpy
+             * for each 128 bytes cost twice the copy itself */
             for (int k = 0; k < H; k++) {
                 float* dst = packed_bwd + base + (ptrdiff_t)k * WSR_NR;
-                memcpy(dst, W + (ptrdiff_t)k * H + (ptrdiff_t)p * WSR_NR,
-                       (size_t)nc * sizeof(float));
-                for (int j = nc; j < WSR_NR; j++) dst[j] = 0.0f;
+                const float* src = W + (ptrdiff_t)k * H + (ptrdiff_t)p * WSR_NR;
+                if (nc == WSR_NR) {
+                    for (int j = 0; j < WSR_NR; j++) dst[j] = src[j];
+                } else {
+                    for (int j = 0; j < nc; j++) dst[j] = src[j];
+                    for (int j = nc; j < WSR_NR; j++) dst[j] = 0.0f;
+                }
             }
         }
     }
