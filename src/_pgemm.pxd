@@ -105,3 +105,94 @@ cdef inline void pgemm(int nthreads, char ta, char tb, int M, int N, int K, floa
     g.alpha, g.beta = alpha, beta
     g.A, g.B, g.C = <const char*>A, <const char*>B, <char*>C
     rnn_ext_parallel(gemm_part, &g, min(nthreads, parts))
+
+
+# A weight gradient, C = A.T @ B over all T*B rows (K of them) into a C of a
+# few hundred rows: cutting C's rows or columns would have every part pack
+# the whole of the other operand (K rows), so such a product is cut along K
+# instead: PGEMM_PARTS fixed runs of whole 32-row blocks, part 0 into C, the
+# others into scratch, then C += each in turn.  The same parts and the same
+# final sums whatever the thread count (also 1), so the same bits.
+
+cdef struct SumTask:
+    bint dbl
+    int M, N, K, lda, ldb, ldc, parts
+    const char* A
+    const char* B
+    char* C
+    char* scratch   # (parts - 1) blocks of M*N, each row-major (M, N)
+
+
+cdef inline void sum_piece(const SumTask* g, int p) noexcept nogil:
+    """Part p: rows [lo, hi) of A and B, whole blocks of 32; into C or scratch."""
+    cdef int blocks = (g.K + PGEMM_BLOCK - 1) // PGEMM_BLOCK
+    cdef int lo = min(PGEMM_BLOCK * <int>((<long long>blocks * p) // g.parts), g.K)
+    cdef int hi = min(PGEMM_BLOCK * <int>((<long long>blocks * (p + 1)) // g.parts), g.K)
+    cdef size_t item = sizeof(double) if g.dbl else sizeof(float)
+    cdef const char* A = g.A + item * lo * g.lda
+    cdef const char* B = g.B + item * lo * g.ldb
+    cdef char* C = g.C
+    cdef int ldc = g.ldc
+    if p > 0:
+        C = g.scratch + item * (p - 1) * g.M * g.N
+        ldc = g.N
+    if g.dbl:
+        gemm(c'T', c'N', g.M, g.N, hi - lo, 1.0, <const double*>A, g.lda, <const double*>B,
+             g.ldb, 0.0, <double*>C, ldc)
+    else:
+        gemm(c'T', c'N', g.M, g.N, hi - lo, <float>1, <const float*>A, g.lda,
+             <const float*>B, g.ldb, <float>0, <float*>C, ldc)
+
+
+cdef inline void sum_part(void* ctx, int i, int n) noexcept nogil:
+    """Thread i of n: parts [parts*i/n, parts*(i+1)/n) of the K split."""
+    cdef SumTask* g = <SumTask*>ctx
+    cdef int p
+    for p in range(<int>((<long long>g.parts * i) // n),
+                   <int>((<long long>g.parts * (i + 1)) // n)):
+        sum_piece(g, p)
+
+
+cdef inline void sum_add(void* ctx, int i, int n) noexcept nogil:
+    """Thread i of n: rows [M*i/n, M*(i+1)/n) of C += every scratch part, in order."""
+    cdef SumTask* g = <SumTask*>ctx
+    cdef int r0 = <int>((<long long>g.M * i) // n), r1 = <int>((<long long>g.M * (i + 1)) // n)
+    cdef int r, j, p
+    cdef float* cf
+    cdef const float* sf
+    cdef double* cd
+    cdef const double* sd
+    for p in range(1, g.parts):
+        for r in range(r0, r1):
+            if g.dbl:
+                cd = <double*>g.C + <Py_ssize_t>r * g.ldc
+                sd = <const double*>g.scratch + (<Py_ssize_t>(p - 1) * g.M + r) * g.N
+                for j in range(g.N):
+                    cd[j] += sd[j]
+            else:
+                cf = <float*>g.C + <Py_ssize_t>r * g.ldc
+                sf = <const float*>g.scratch + (<Py_ssize_t>(p - 1) * g.M + r) * g.N
+                for j in range(g.N):
+                    cf[j] += sf[j]
+
+
+cdef inline void pgemm_tn_sum(int nthreads, int M, int N, int K, const floating* A, int lda,
+                              const floating* B, int ldb, floating* C, int ldc,
+                              floating* scratch, Py_ssize_t scratch_len) noexcept nogil:
+    """C := A.T @ B, row-major, A (K, M) and B (K, N): pgemm('T', 'N', ...) with
+    beta 0, cut along K when K is long (at least twice M and N) and scratch
+    holds (PGEMM_PARTS - 1) * M * N elements; as pgemm otherwise.
+
+    scratch may be NULL (then as pgemm); its contents are overwritten.
+    """
+    cdef SumTask g
+    cdef int parts = min(<int>PGEMM_PARTS, (K + PGEMM_BLOCK - 1) // PGEMM_BLOCK)
+    if (parts <= 1 or nthreads <= 0 or scratch == NULL or 2.0 * M * N * K < PGEMM_MIN_FLOPS
+            or K < 2 * M or K < 2 * N or <Py_ssize_t>(parts - 1) * M * N > scratch_len):
+        pgemm(nthreads, c'T', c'N', M, N, K, <floating>1, A, lda, B, ldb, <floating>0, C, ldc)
+        return
+    g.dbl = floating is double
+    g.M, g.N, g.K, g.lda, g.ldb, g.ldc, g.parts = M, N, K, lda, ldb, ldc, parts
+    g.A, g.B, g.C, g.scratch = <const char*>A, <const char*>B, <char*>C, <char*>scratch
+    rnn_ext_parallel(sum_part, &g, min(nthreads, parts))
+    rnn_ext_parallel(sum_add, &g, min(nthreads, parts))

@@ -23,7 +23,7 @@ from libc.string cimport memcpy, memset
 from libc.stddef cimport ptrdiff_t
 
 from _blas cimport gemm, gemv
-from _pgemm cimport pgemm
+from _pgemm cimport pgemm, pgemm_tn_sum
 from _pcols cimport pcolumn_sums, pgather, pscatter, ptranspose
 from _elementwise cimport activate, activate_backward, add_row, column_sums, transpose
 
@@ -268,6 +268,13 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
     cdef floating* dU
     cdef floating* dW
     cdef floating* out
+    # the weight gradients' scratch (_pgemm.pxd's pgemm_tn_sum): the packed
+    # panels, float32 only
+    cdef floating* scratch = NULL
+    cdef Py_ssize_t n_scratch = 0
+    if floating is float and packed != NULL:
+        scratch = packed
+        n_scratch = <Py_ssize_t>rnn_ext_wsr_packed_size(H)
     for k in range(L - 1, -1, -1):
         for d in range(dirs):
             ld = k * dirs + d
@@ -289,9 +296,10 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                                      <const ptrdiff_t*>lengths, relu, nthreads)
             else:
                 recur_backward(dl, h, W, T, B, H, d == 1, lengths, relu)
-            # eq. (6): dW = δ.T @ H_prev over all T*B rows
-            pgemm(nthreads, c'T', c'N', H, H, <int>TB, 1, dl, H, h + (BH if d == 1 else 0), H,
-                  0, dW, H)
+            # eq. (6): dW = δ.T @ H_prev over all T*B rows; the packed panels,
+            # done with until the next layer-direction, are its scratch
+            pgemm_tn_sum(nthreads, H, H, <int>TB, dl, H, h + (BH if d == 1 else 0), H, dW, H,
+                         scratch, n_scratch)
             if offs[3 * ld + 2] >= 0:
                 # eq. (6): db = Σ_t δ_t
                 if floating is float and nthreads > 1:
@@ -341,15 +349,16 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                         for j in range(H):
                             dU[j * D + i] += dl[r * H + j]
             elif k == 0:
-                pgemm(nthreads, c'T', c'N', H, D, <int>TB, 1, dl, H, xf, D, 0, dU, D)
+                pgemm_tn_sum(nthreads, H, D, <int>TB, dl, H, xf, D, dU, D, scratch, n_scratch)
             elif masks != NULL:
-                pgemm(nthreads, c'T', c'N', H, Hd, <int>TB, 1, dl, H, xin + (k - 1) * TB * Hd, Hd,
-                      0, dU, Hd)
+                pgemm_tn_sum(nthreads, H, Hd, <int>TB, dl, H, xin + (k - 1) * TB * Hd, Hd, dU,
+                             Hd, scratch, n_scratch)
             else:
                 for e in range(dirs):
-                    pgemm(nthreads, c'T', c'N', H, H, <int>TB, 1, dl, H,
-                          state_rows(<floating*>hs + ((k - 1) * dirs + e) * S, B, H, <int>e),
-                          H, 0, dU + e * H, Hd)
+                    pgemm_tn_sum(nthreads, H, H, <int>TB, dl, H,
+                                 state_rows(<floating*>hs + ((k - 1) * dirs + e) * S, B, H,
+                                            <int>e),
+                                 H, dU + e * H, Hd, scratch, n_scratch)
         # eq. (7) and its stacked form: the gradient reaching this layer's input
         if k == 0:
             if dx != NULL:

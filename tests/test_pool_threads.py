@@ -88,6 +88,26 @@ def test_layer_forward_backward_bit_identical_for_every_thread_count():
         assert got[n] == got[1], f"the layer differs between 1 and {n} threads"
 
 
+def test_weight_gradients_cut_along_the_rows_are_the_whole_sums():
+    """dW and dU (C = δ.T @ X over T·B rows, T·B at least twice C's sides) are
+    computed in two runs of rows and summed: the result is the whole product,
+    to float32 rounding, for both layers and directions and every thread count."""
+    rng = np.random.default_rng(8)
+    T, B, D, H = 24, 32, 96, 192       # T·B = 768 >= 2·max(H, D)
+    layer = rnn_ext.Recurrent(D, H, num_layers=2, bidirectional=True, seed=9)
+    layer64 = rnn_ext.Recurrent(D, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=9)
+    layer64.set_params({k: v.astype(np.float64) for k, v in layer.params.items()})
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    d_out = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    want = layer64.backward(layer64.forward(x.astype(np.float64)), d_out.astype(np.float64))
+    for n in (1, 2):
+        with rnn_ext.threads(n):
+            got = layer.backward(layer.forward(x), d_out)
+        for name, g64 in want.params.items():
+            g = got.params[name]
+            assert np.max(np.abs(g - g64)) <= 2e-5 * np.max(np.abs(g64)), (name, n)
+
+
 def test_pool_pass_matches_the_blas_pass_to_rounding():
     """The split products and the per-step BLAS path compute the same pass."""
     rng = np.random.default_rng(6)
