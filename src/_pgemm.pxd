@@ -43,21 +43,28 @@ cdef struct GemmTask:
     char* C
 
 
+cdef inline int share(int total, int i, int n) noexcept nogil:
+    """Where share i of n of total items starts: total*i/n, rounded down."""
+    return <int>((<long long>total * i) // n)
+
+
+cdef inline int block_start(int total, int parts, int p) noexcept nogil:
+    """Where part p of parts of total rows starts: whole blocks of 32."""
+    return min(PGEMM_BLOCK * share((total + PGEMM_BLOCK - 1) // PGEMM_BLOCK, p, parts), total)
+
+
 cdef inline void gemm_part(void* ctx, int i, int n) noexcept nogil:
     """Thread i of n: parts [parts*i/n, parts*(i+1)/n) of C, one BLAS call each."""
     cdef GemmTask* g = <GemmTask*>ctx
     cdef int p
-    for p in range(<int>((<long long>g.parts * i) // n),
-                   <int>((<long long>g.parts * (i + 1)) // n)):
+    for p in range(share(g.parts, i, n), share(g.parts, i + 1, n)):
         gemm_piece(g, p)
 
 
 cdef inline void gemm_piece(const GemmTask* g, int p) noexcept nogil:
     """Part p of g.parts: C's rows (or columns) [lo, hi), whole blocks of 32."""
     cdef int total = g.M if g.rows else g.N
-    cdef int blocks = (total + PGEMM_BLOCK - 1) // PGEMM_BLOCK
-    cdef int lo = min(PGEMM_BLOCK * <int>((<long long>blocks * p) // g.parts), total)
-    cdef int hi = min(PGEMM_BLOCK * <int>((<long long>blocks * (p + 1)) // g.parts), total)
+    cdef int lo = block_start(total, g.parts, p), hi = block_start(total, g.parts, p + 1)
     if lo >= hi:
         return
     cdef size_t item = sizeof(double) if g.dbl else sizeof(float)
@@ -125,9 +132,7 @@ cdef struct SumTask:
 
 cdef inline void sum_piece(const SumTask* g, int p) noexcept nogil:
     """Part p: rows [lo, hi) of A and B, whole blocks of 32; into C or scratch."""
-    cdef int blocks = (g.K + PGEMM_BLOCK - 1) // PGEMM_BLOCK
-    cdef int lo = min(PGEMM_BLOCK * <int>((<long long>blocks * p) // g.parts), g.K)
-    cdef int hi = min(PGEMM_BLOCK * <int>((<long long>blocks * (p + 1)) // g.parts), g.K)
+    cdef int lo = block_start(g.K, g.parts, p), hi = block_start(g.K, g.parts, p + 1)
     cdef size_t item = sizeof(double) if g.dbl else sizeof(float)
     cdef const char* A = g.A + item * lo * g.lda
     cdef const char* B = g.B + item * lo * g.ldb
@@ -148,15 +153,14 @@ cdef inline void sum_part(void* ctx, int i, int n) noexcept nogil:
     """Thread i of n: parts [parts*i/n, parts*(i+1)/n) of the K split."""
     cdef SumTask* g = <SumTask*>ctx
     cdef int p
-    for p in range(<int>((<long long>g.parts * i) // n),
-                   <int>((<long long>g.parts * (i + 1)) // n)):
+    for p in range(share(g.parts, i, n), share(g.parts, i + 1, n)):
         sum_piece(g, p)
 
 
 cdef inline void sum_add(void* ctx, int i, int n) noexcept nogil:
     """Thread i of n: rows [M*i/n, M*(i+1)/n) of C += every scratch part, in order."""
     cdef SumTask* g = <SumTask*>ctx
-    cdef int r0 = <int>((<long long>g.M * i) // n), r1 = <int>((<long long>g.M * (i + 1)) // n)
+    cdef int r0 = share(g.M, i, n), r1 = share(g.M, i + 1, n)
     cdef int r, j, p
     cdef float* cf
     cdef const float* sf
