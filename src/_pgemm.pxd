@@ -15,6 +15,7 @@
 from cython cimport floating
 
 from _blas cimport gemm
+from _elementwise cimport add_row
 
 
 cdef extern from "wsr.h" nogil:
@@ -160,24 +161,15 @@ cdef inline void sum_part(void* ctx, int i, int n) noexcept nogil:
 cdef inline void sum_add(void* ctx, int i, int n) noexcept nogil:
     """Thread i of n: rows [M*i/n, M*(i+1)/n) of C += every scratch part, in order."""
     cdef SumTask* g = <SumTask*>ctx
-    cdef int r0 = share(g.M, i, n), r1 = share(g.M, i + 1, n)
-    cdef int r, j, p
-    cdef float* cf
-    cdef const float* sf
-    cdef double* cd
-    cdef const double* sd
+    cdef int r, p
+    cdef Py_ssize_t s
     for p in range(1, g.parts):
-        for r in range(r0, r1):
+        for r in range(share(g.M, i, n), share(g.M, i + 1, n)):
+            s = (<Py_ssize_t>(p - 1) * g.M + r) * g.N
             if g.dbl:
-                cd = <double*>g.C + <Py_ssize_t>r * g.ldc
-                sd = <const double*>g.scratch + (<Py_ssize_t>(p - 1) * g.M + r) * g.N
-                for j in range(g.N):
-                    cd[j] += sd[j]
+                add_row(<double*>g.C + <Py_ssize_t>r * g.ldc, <const double*>g.scratch + s, g.N)
             else:
-                cf = <float*>g.C + <Py_ssize_t>r * g.ldc
-                sf = <const float*>g.scratch + (<Py_ssize_t>(p - 1) * g.M + r) * g.N
-                for j in range(g.N):
-                    cf[j] += sf[j]
+                add_row(<float*>g.C + <Py_ssize_t>r * g.ldc, <const float*>g.scratch + s, g.N)
 
 
 cdef inline void pgemm_tn_sum(int nthreads, int M, int N, int K, const floating* A, int lda,
