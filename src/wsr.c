@@ -223,20 +223,22 @@ size_t rnn_ext_wsr_packed_size(int H) {
 /* panels p0 .. p1-1 of either layout */
 static void pack_panels(const float* W, int H, float* packed_fwd, float* packed_bwd, int p0,
                         int p1) {
-    /* the path's transpose of a whole 32 x 32 block, or NULL */
+    /* the path's transpose of a whole panel, or NULL */
     const wsr_transpose_fn transpose = path_kernels(current_path())->transpose;
     for (int p = p0; p < p1; p++) {
         const ptrdiff_t base = (ptrdiff_t)p * H * WSR_NR;
         if (packed_fwd != NULL) {
-            /* panel p, row k: W.T[k, p*32 + j] = W[p*32 + j, k]; a transpose
-             * in blocks of 32 k, so that the block's panel rows stay in cache */
-            for (int k0 = 0; k0 < H; k0 += WSR_NR) {
+            /* panel p, row k: W.T[k, p*32 + j] = W[p*32 + j, k] */
+            int k0 = 0;
+            if (transpose != NULL && (p + 1) * WSR_NR <= H) {
+                k0 = H - H % 8;
+                transpose(W + (ptrdiff_t)p * WSR_NR * H, H, k0, packed_fwd + base);
+            }
+            /* the rest one float at a time, in blocks of 32 k, so that the
+             * block's panel rows stay in cache */
+            for (; k0 < H; k0 += WSR_NR) {
                 const int kn = H - k0 < WSR_NR ? H - k0 : WSR_NR;
                 float* dst = packed_fwd + base + (ptrdiff_t)k0 * WSR_NR;
-                if (transpose != NULL && kn == WSR_NR && (p + 1) * WSR_NR <= H) {
-                    transpose(W + (ptrdiff_t)p * WSR_NR * H + k0, H, dst);
-                    continue;
-                }
                 for (int j = 0; j < WSR_NR; j++) {
                     const int c = p * WSR_NR + j;
                     if (c < H) {

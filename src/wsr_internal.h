@@ -74,9 +74,10 @@ typedef struct wsr_step {
  * Writes nothing outside those columns. */
 typedef void (*wsr_kernel_fn)(const wsr_step* s, int c0, int c1);
 
-/* dst[k*WSR_NR + j] = src[j*lds + k] for j, k < WSR_NR: one whole block of
- * the forward layout's transpose (src/wsr.c: pack_panels) */
-typedef void (*wsr_transpose_fn)(const float* src, ptrdiff_t lds, float* dst);
+/* dst[k*WSR_NR + j] = src[j*lds + k] for j < WSR_NR, k < kn (a multiple of
+ * 8): a whole panel of the forward layout but its last H % 8 rows (src/wsr.c:
+ * pack_panels) */
+typedef void (*wsr_transpose_fn)(const float* src, ptrdiff_t lds, int kn, float* dst);
 
 typedef struct wsr_kernels {
     const char* name;
@@ -94,7 +95,7 @@ extern const wsr_kernels rnn_ext_wsr_portable;
 extern const wsr_kernels rnn_ext_wsr_avx2;
 extern const wsr_kernels rnn_ext_wsr_avx512;
 /* src/wsr_avx2.c's, which the AVX-512 path shares (its CPUs have AVX2) */
-void rnn_ext_wsr_transpose_avx2(const float* src, ptrdiff_t lds, float* dst);
+void rnn_ext_wsr_transpose_avx2(const float* src, ptrdiff_t lds, int kn, float* dst);
 #endif
 #if WSR_AARCH64
 extern const wsr_kernels rnn_ext_wsr_neon;
