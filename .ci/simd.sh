@@ -8,14 +8,15 @@
 #      the NEON and portable paths against a naive float64 reference;
 #   3. the C kernels compiled for Windows with x86_64-w64-mingw32-gcc
 #      (-Wall -Wextra -Werror; Win32 threads) and the check linked;
-#   4. where clang is installed (not installed by this step), the C check
-#      built with clang -Werror and run natively;
+#   4. clang: the C check built with -Wall -Wextra -Werror and run natively,
+#      and the whole compiled core built with CC=clang in its own venv (the
+#      module checked to be clang's), the recurrence's tests run against it;
 #   5. tests/c/div_const_check.c: Adam's division by its bias correction
 #      with fused multiply-adds (src/_flat_loops.h) against the division, for
 #      every float32 significand, natively (FMA instructions, and the library
 #      fmaf of the baseline target), under qemu-aarch64, and compiled for
 #      Windows.
-# Missing cross tools are installed first with apt-get (needs root).
+# Missing cross tools and clang are installed first with apt-get (needs root).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -23,6 +24,7 @@ need=()
 command -v aarch64-linux-gnu-gcc > /dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 > /dev/null || need+=(qemu-user)
 command -v x86_64-w64-mingw32-gcc > /dev/null || need+=(gcc-mingw-w64-x86-64)
+command -v clang > /dev/null || need+=(clang)
 if (( ${#need[@]} )); then
     log "apt-get install ${need[*]}"
     (( $(id -u) == 0 )) || die "missing ${need[*]} and not root: install them first"
@@ -78,13 +80,24 @@ x86_64-w64-mingw32-gcc "${cflags[@]}" "$ROOT/tests/c/wsr_check.c" "$out"/*.obj \
     -o "$out/wsr_check.exe"
 echo "compiled warning-free: ${wsr_c[*]##*/}; linked wsr_check.exe"
 
-if command -v clang > /dev/null; then
-    log "clang $(clang -dumpversion): the C check built with -Werror and run natively"
-    clang "${cflags[@]}" -O3 -pthread "$ROOT/tests/c/wsr_check.c" "${wsr_c[@]}" -o "$out/wsr_check-clang" -lm
-    "$out/wsr_check-clang"
-else
-    echo "clang not installed: its build of the C kernels not checked here"
-fi
+log "clang $(clang -dumpversion): the C check built with -Wall -Wextra -Werror and run natively"
+clang "${cflags[@]}" -O3 -pthread "$ROOT/tests/c/wsr_check.c" "${wsr_c[@]}" -o "$out/wsr_check-clang" -lm
+"$out/wsr_check-clang"
+
+log "clang: the compiled core built with CC=clang (fresh venv), the recurrence's tests against it"
+clang_venv="$CI_DIR/simd-clang"
+new_venv "$clang_venv"
+CC=clang pip_install "$clang_venv/bin/python" --no-cache-dir "$src[test]"
+assert_installed_import "$clang_venv"
+kernels_so="$(cd "$(mktemp -d)" && "$clang_venv/bin/python" -c 'import rnn_ext._kernels as k; print(k.__file__)')"
+# gcc's own objects (crtbegin) carry its name either way; clang's name is in
+# the comment only when clang compiled the module's sources
+readelf -p .comment "$kernels_so" | grep -q "clang version" || die "$kernels_so was not built by clang"
+echo "built by: $(readelf -p .comment "$kernels_so" | grep -o 'clang version [0-9.]*' | head -1)"
+(cd "$(mktemp -d)" && PYTHONPATH="$ROOT/.ci" "$clang_venv/bin/python" -m pytest \
+    -p pytest_installed -p no:cacheprovider -q "$ROOT/tests/test_wsr.py" \
+    "$ROOT/tests/test_pool_threads.py" "$ROOT/tests/test_short_path.py" \
+    "$ROOT/tests/test_kernel_vs_oracle.py" "$ROOT/tests/test_fastmath.py")
 
 flat_flags=(-O3 -Wall -Wextra -Werror -Wno-unused-function -fno-math-errno -fno-trapping-math
             -ffp-contract=off -I"$ROOT/src")
