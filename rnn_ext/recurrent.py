@@ -115,12 +115,17 @@ def use_packed(s: Stack, T: int, B: int) -> bool:
     micro-kernel keeps W packed, fuses the step's epilogue and runs every
     other step's columns backwards, so that a W larger than L2 (4 MiB at
     H = 1024) comes back from L2 in part rather than from the shared cache:
-    0.6-0.9x the time of a GEMV per step on one thread at H = 64-1024 and
-    T = 25-100 (``benchmarks/compare_builds.py``; packing with no alternation
-    was 1.02-1.14x at H = 1024).  A pass of a step or a few packs W for
-    nothing: at T = B = 1 it doubled the fixed cost of a call.  The rule
-    depends on the shapes alone, never on the thread count, so a pass's bits
-    do not either.
+    a packed step takes 0.75-0.9x the time of a GEMV step at H = 1024 on one
+    thread.  Packing W costs a few steps, so a short single sequence with a
+    wide W gains nothing or loses a little: at T = 25, H = 768-1024, on an
+    AMD Zen 3, 0.75-1.07x the time of a GEMV per step for ``forward`` and
+    1.05-1.15x for ``loss_and_grad``, which packs both layouts (both ways
+    timed in one process); at T = 100 0.86-0.92x, at H <= 512 0.8-0.97x.
+    Such passes stay packed all the same: on the BLAS path their bits would
+    depend on the thread count (docs/reliability.md).  A pass of a step or a
+    few packs W for nothing: at T = B = 1 it doubled the fixed cost of a
+    call.  The rule depends on the shapes alone, never on the thread count,
+    so a pass's bits do not either.
     """
     return (s.dtype == _F32 and T * B >= PACKED_MIN_ROWS
             and os.environ.get("RNN_EXT_SIMD") != "blas")
