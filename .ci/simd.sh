@@ -40,7 +40,16 @@ source_copy "$src"
 log "install (fresh venv, from a clean copy of the sources)"
 pip_install "$venv/bin/python" "$src[test]"
 assert_installed_import "$venv"
-run_py() { (cd "$(mktemp -d)" && "$venv/bin/python" "$@"); }
+# venv_py VENV ARGS...: VENV's python from an empty folder (the sources off sys.path)
+venv_py() { local v="$1"; shift; (cd "$(mktemp -d)" && "$v/bin/python" "$@"); }
+# venv_pytest VENV FILES...: pytest on the package installed in VENV
+venv_pytest() {
+    local v="$1"; shift
+    PYTHONPATH="$ROOT/.ci" venv_py "$v" -m pytest -p pytest_installed -p no:cacheprovider -q "$@"
+}
+run_py() { venv_py "$venv" "$@"; }
+recurrence_tests=("$ROOT/tests/test_wsr.py" "$ROOT/tests/test_pool_threads.py"
+                  "$ROOT/tests/test_short_path.py")
 read -r -a paths <<< "$(run_py -c 'from rnn_ext import _wsr; print(*_wsr.available_paths())')"
 auto="$(run_py -c 'from rnn_ext import _wsr; print(_wsr.path())')"
 echo "paths supported here: ${paths[*]}; automatic choice: $auto"
@@ -48,9 +57,7 @@ echo "paths supported here: ${paths[*]}; automatic choice: $auto"
 
 for p in "${paths[@]}"; do
     log "tests/test_wsr.py, test_pool_threads.py, test_short_path.py with RNN_EXT_SIMD=$p"
-    (cd "$(mktemp -d)" && RNN_EXT_SIMD="$p" PYTHONPATH="$ROOT/.ci" "$venv/bin/python" -m pytest \
-        -p pytest_installed -p no:cacheprovider -q "$ROOT/tests/test_wsr.py" \
-        "$ROOT/tests/test_pool_threads.py" "$ROOT/tests/test_short_path.py")
+    RNN_EXT_SIMD="$p" venv_pytest "$venv" "${recurrence_tests[@]}"
 done
 
 log "an unknown or unsupported RNN_EXT_SIMD is ignored"
@@ -89,15 +96,13 @@ clang_venv="$CI_DIR/simd-clang"
 new_venv "$clang_venv"
 CC=clang pip_install "$clang_venv/bin/python" --no-cache-dir "$src[test]"
 assert_installed_import "$clang_venv"
-kernels_so="$(cd "$(mktemp -d)" && "$clang_venv/bin/python" -c 'import rnn_ext._kernels as k; print(k.__file__)')"
+kernels_so="$(venv_py "$clang_venv" -c 'import rnn_ext._kernels as k; print(k.__file__)')"
 # gcc's own objects (crtbegin) carry its name either way; clang's name is in
 # the comment only when clang compiled the module's sources
 readelf -p .comment "$kernels_so" | grep -q "clang version" || die "$kernels_so was not built by clang"
 echo "built by: $(readelf -p .comment "$kernels_so" | grep -o 'clang version [0-9.]*' | head -1)"
-(cd "$(mktemp -d)" && PYTHONPATH="$ROOT/.ci" "$clang_venv/bin/python" -m pytest \
-    -p pytest_installed -p no:cacheprovider -q "$ROOT/tests/test_wsr.py" \
-    "$ROOT/tests/test_pool_threads.py" "$ROOT/tests/test_short_path.py" \
-    "$ROOT/tests/test_kernel_vs_oracle.py" "$ROOT/tests/test_fastmath.py")
+venv_pytest "$clang_venv" "${recurrence_tests[@]}" "$ROOT/tests/test_kernel_vs_oracle.py" \
+    "$ROOT/tests/test_fastmath.py"
 
 flat_flags=(-O3 -Wall -Wextra -Werror -Wno-unused-function -fno-math-errno -fno-trapping-math
             -ffp-contract=off -I"$ROOT/src")
