@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
 from . import _flat
 
-__all__ = ["Layout", "recurrent_layout", "head_layout", "suffixes", "init_uniform"]
+__all__ = ["Layout", "FlatParameters", "recurrent_layout", "head_layout", "suffixes",
+           "init_uniform"]
 
 #: The direction suffixes of PyTorch's ``nn.RNN``: forward, then reverse.
 SUFFIXES = ("", "_reverse")
@@ -113,6 +115,36 @@ def head_layout(in_features: int, out_features: int, bias: bool) -> Layout:
     if bias:
         entries.append(("c", (out_features,)))
     return Layout.of(entries)
+
+
+class FlatParameters:
+    """A piece whose named parameters (``_params``) are views into its one flat
+    buffer (``_flat``), laid out by ``_layout``.
+
+    Pickling and copying keep that so: the buffer travels and the views are made
+    again from it.  (Pickled views come back as arrays of their own: writing into
+    one would no longer change the piece.)  ``copy.deepcopy`` and pickling give
+    a piece with a buffer of its own; ``copy.copy`` one that shares the buffer,
+    as a shallow copy shares its attributes.
+    """
+
+    _flat: np.ndarray
+    _params: dict[str, np.ndarray]
+    _layout: Layout
+
+    def _bind(self, flat: np.ndarray) -> None:
+        """Hold ``flat`` (this layout's size and the piece's dtype) as the buffer."""
+        self._flat = flat
+        self._params = self._layout.views(flat)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_params"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bind(self._flat)
 
 
 _CHUNK = 1 << 16

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels
-from ._layout import head_layout, init_uniform
+from ._layout import FlatParameters, head_layout, init_uniform
 from ._results import HeadGradients
 from ._validation import (
     _as_array,
@@ -33,7 +33,7 @@ from ._validation import (
 __all__ = ["Softmax", "Linear"]
 
 
-class _Head:
+class _Head(FlatParameters):
     """z = V f + c over the rows of f; the subclass names the loss."""
 
     _loss: int
@@ -54,8 +54,7 @@ class _Head:
             rng = _rng if _rng is not None else np.random.default_rng(check_seed(seed))
             # nn.Linear's default: uniform in ±1/sqrt(in_features)
             init_uniform(_flat, _bound or 1.0 / np.sqrt(self._in), rng)
-        self._flat = _flat
-        self._params = self._layout.views(_flat)
+        self._bind(_flat)
 
     in_features = property(lambda self: self._in)
     out_features = property(lambda self: self._out)

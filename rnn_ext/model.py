@@ -147,10 +147,36 @@ class RNN:
         self.batch_first = batch_first
         self.vocab = None
 
+    # Pickling and copying: the layer's and the head's buffers are views into
+    # _flat, as every entry of _views is.  They travel without them, and are
+    # views into the copy's own _flat again once it is restored (pickled views
+    # would come back as arrays of their own, and the copy's optimizer steps,
+    # made on its flat buffer, would no longer reach its layer and head).
+    _PIECES = ("layer", "head")
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_fast"] = None
+        state["_views"] = {}
+        for name in self._PIECES:
+            piece = state[name]
+            part = piece.__getstate__()
+            del part["_flat"]
+            state[name] = (type(piece), part)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        start = 0
+        for name in self._PIECES:
+            cls, part = state[name]
+            piece = cls.__new__(cls)
+            piece.__dict__.update(part)
+            stop = start + piece._layout.size
+            piece._bind(self._flat[start:stop])
+            setattr(self, name, piece)
+            start = stop
+        self._refresh_views()
 
     # -- configuration --------------------------------------------------------
 

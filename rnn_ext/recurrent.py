@@ -5,14 +5,13 @@ every layer and direction in one GIL-free call."""
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import _kernels, torch_interop
-from ._layout import Layout, init_uniform, layer_offsets, recurrent_layout, suffixes
+from ._layout import FlatParameters, Layout, init_uniform, layer_offsets, recurrent_layout, suffixes
 from ._results import RecurrentForward, RecurrentGradients
 from ._threads import pass_threads, pool_threads
 from ._validation import (
@@ -269,7 +268,7 @@ def per_layer(a: np.ndarray, batch: Batch) -> np.ndarray:
     return a if batch.batched else a[:, 0]
 
 
-class Recurrent:
+class Recurrent(FlatParameters):
     r"""A stack of Elman recurrent layers, each in one or both directions.
 
     For layer k and each direction (the reverse one runs t = len-1 ... 0)::
@@ -332,14 +331,12 @@ class Recurrent:
         self.batch_first = batch_first
         self._layout = self._stack.layout()
         self._offs = layer_offsets(self._layout, self.num_layers, dirs)
-        self._lock = threading.Lock()
         self._version = 0
         if _flat is None:
             _flat = np.empty(self._layout.size, dtype=self.dtype)
             rng = _rng if _rng is not None else np.random.default_rng(check_seed(seed))
             init_uniform(_flat, 1.0 / np.sqrt(self.hidden_size), rng)
-        self._flat = _flat
-        self._params = self._layout.views(_flat)
+        self._bind(_flat)
 
     # -- configuration ------------------------------------------------------
 
