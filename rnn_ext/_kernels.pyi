@@ -64,6 +64,13 @@ def model_pass(
 ) -> float: ...
 
 @disjoint_base
+class StepPass:
+    def __init__(
+        self, flat: _F, offs: _I, D: int, H: int, V: _F | None, c: _F | None, relu: bool,
+    ) -> None: ...
+    def step(self, x_t: object, h: object) -> tuple[_F, _F] | _F | None: ...
+
+@disjoint_base
 class FastPass:
     def __init__(
         self, flat: _F, offs: _I, D: int, H: int, V: _F, c: _F | None, relu: bool,

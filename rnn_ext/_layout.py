@@ -131,15 +131,22 @@ class FlatParameters:
     _flat: np.ndarray
     _params: dict[str, np.ndarray]
     _layout: Layout
+    #: attributes bound to the buffer (compiled short paths): None again
+    #: whenever the buffer changes, and never pickled
+    _BOUND: tuple[str, ...] = ()
 
     def _bind(self, flat: np.ndarray) -> None:
         """Hold ``flat`` (this layout's size and the piece's dtype) as the buffer."""
         self._flat = flat
         self._params = self._layout.views(flat)
+        for name in self._BOUND:
+            setattr(self, name, None)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_params"]
+        for name in self._BOUND:
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

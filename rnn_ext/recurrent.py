@@ -313,6 +313,9 @@ class Recurrent(FlatParameters):
         Every parameter, in the order of ``params``.
     """
 
+    _BOUND = ("_stepper",)  # step's compiled short path (_kernels.StepPass)
+    _stepper: Any
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  nonlinearity: str = "tanh", bias: bool = True, bidirectional: bool = False,
                  dropout: float = 0.0, batch_first: bool = False, dtype: Any = np.float32,
@@ -512,10 +515,25 @@ class Recurrent(FlatParameters):
         ndarray of shape (L, B, H) (or (L, H)): h_t of every layer.  Equal to
         ``forward(x[:1], h).h_n``; unidirectional layers only.
         """
+        fast = self._stepper if self._stepper is not None else self._bound_step()
+        if fast is not None:
+            # an int id and the state the last step returned: no conversion at all
+            out = fast.step(x_t, h)
+            if out is not None:
+                return out
         s = self._stack
         xf, xi, h0, batched = step_inputs(s, x_t, h)
         return _kernels.step_pass(h0, xf, xi, self._flat, self._offs, s.D, s.relu, None, None,
                                   batched)[0]
+
+    def _bound_step(self) -> Any:
+        """step's bound parameters (``_kernels.StepPass``), made once; None for a
+        layer it does not serve (float64, or bidirectional)."""
+        s = self._stack
+        if s.dtype != _F32 or s.dirs != 1:
+            return None
+        self._stepper = _kernels.StepPass(self._flat, self._offs, s.D, s.H, None, None, s.relu)
+        return self._stepper
 
     def _upstream(self, name: str, value: Any, shape: tuple[int, ...],
                   batch: Batch | None) -> np.ndarray:

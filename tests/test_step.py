@@ -116,6 +116,11 @@ def test_the_bound_step_equals_the_general_one_and_sees_assignments(L):
         h2, p2 = m.step(3, h.tolist())              # the general path
         np.testing.assert_array_equal(h1, h2)
         np.testing.assert_array_equal(p1, p2)
+        # the layer's own bound path (StepPass without an output layer)
+        hl = m.layer.step(3, h)
+        assert type(hl) is np.ndarray and hl.shape == (L, 6)
+        np.testing.assert_array_equal(hl, h1)
+        np.testing.assert_array_equal(hl, m.layer.step(3, h.tolist()))
         f = m.forward(np.array([[3]]), h[:, None])
         np.testing.assert_allclose(p1, f.probs[0, 0], rtol=2e-6, atol=2e-6)
     for bad in (5, -1, 10**30):
@@ -125,6 +130,41 @@ def test_the_bound_step_equals_the_general_one_and_sees_assignments(L):
         m.step(True, h)
     with pytest.raises(ValueError, match="h must have shape"):
         m.step(1, np.zeros((L + 1, 6), np.float32))
+    for bad in (5, -1, 10**30):
+        with pytest.raises(ValueError, match=r"x_t id must be in \[0, 5\)"):
+            m.layer.step(bad, h)
+    with pytest.raises(ValueError, match="h must have shape"):
+        m.layer.step(1, np.zeros((L + 1, 6), np.float32))
+
+
+def test_a_layers_bound_step_follows_its_own_parameters():
+    """A layer on its own binds its buffer for step; assigning into its views
+    reaches the bound path, and a float64 layer takes the general one."""
+    layer = rnn_ext.Recurrent(5, 6, num_layers=2, seed=5)
+    h = np.random.default_rng(3).normal(size=(2, 6)).astype(np.float32)
+    before = layer.step(1, h)
+    layer.params["W_l1"][...] *= -1
+    after = layer.step(1, h)
+    np.testing.assert_array_equal(after, layer.step(1, h.tolist()))
+    np.testing.assert_array_equal(after[0], before[0])   # layer 0 is unchanged
+    assert not np.array_equal(after[1], before[1])
+    f = layer.forward(np.array([[1]]), h[:, None])
+    np.testing.assert_allclose(after, f.h_n[:, 0], rtol=2e-6, atol=2e-6)
+    wide = rnn_ext.Recurrent(5, 6, dtype=np.float64, seed=5)
+    assert wide.step(1, np.zeros((1, 6))).dtype == np.float64
+
+
+def test_step_pass_object_checks_what_it_binds():
+    m = rnn_ext.RNN(5, 6, 4, num_layers=2, seed=0)
+    flat, offs = m.layer.flat, m._offs
+    V, c = m.head.params["V"], m.head.params["c"]
+    _kernels.StepPass(flat, offs, 5, 6, V, c, False)
+    _kernels.StepPass(flat, offs, 5, 6, None, None, False)
+    for args in [(flat[:-1], offs, 5, 6, V, c), (flat, offs, 40, 6, V, c),
+                 (flat, offs, 5, 6, np.ascontiguousarray(V[:, :5]), c), (flat, offs, 5, 6, V, c[:3]),
+                 (flat, offs, 5, 6, None, c)]:
+        with pytest.raises(ValueError, match="rnn_ext._kernels"):
+            _kernels.StepPass(*args, False)
 
 
 def test_step_pass_guards_its_buffers():
