@@ -71,7 +71,7 @@ class StepPass:
     def step(self, x_t: object, h: object) -> tuple[_F, _F] | _F | None: ...
 
 @disjoint_base
-class FastPass:
+class FastPass(StepPass):
     def __init__(
         self, flat: _F, offs: _I, D: int, H: int, V: _F, c: _F | None, relu: bool,
         n_grad: int, off_V: int, off_c: int,
@@ -80,6 +80,5 @@ class FastPass:
         self, what: int, x: _I, y: _I | None, UT: bool, WT: bool, packed: bool,
         nthreads: int,
     ) -> tuple[float, _F | None, _F | None, _F | None, _F | None, _F | None] | None: ...
-    def step(self, x_t: object, h: object) -> tuple[_F, _F] | None: ...
 
 def id_range(ids: _I, ignore: int, use_ignore: bool) -> tuple[int, int, int]: ...

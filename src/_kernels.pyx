@@ -538,7 +538,7 @@ cdef class StepPass:
         return h_out, Z
 
 
-cdef class FastPass:
+cdef class FastPass(StepPass):
     """A float32 model's parameters bound once, for the common call's short path.
 
     ``forward(x)``, ``loss(x, y)`` and ``loss_and_grad(x, y)`` with (T, B) int
@@ -551,8 +551,9 @@ cdef class FastPass:
     lie in the gradient buffer) once, checked as model_pass checks them;
     :meth:`run` then takes the ids and which scratch the caller's rules ask
     for, checks the ids through NumPy's C API and allocates the rest itself;
-    :meth:`step` is model.step's common call (an int id and the last state).
-    The arrays are held, not copied: the model assigns into them in place.
+    :meth:`step`, StepPass's, is model.step's common call (an int id and the
+    last state).  The arrays are held, not copied: the model assigns into them
+    in place.
 
     The scratch a call does not return (packed W, W.T, U.T, δ, and the states
     and logits of a loss or a gradient) lives in one buffer that the next call
@@ -565,24 +566,14 @@ cdef class FastPass:
     share nothing mutable.
     """
 
-    cdef const float[::1] flat
-    cdef const Py_ssize_t[:, ::1] offs
-    cdef const float[:, ::1] V
-    cdef const float[::1] c
-    cdef int D, H, L, K
-    cdef bint relu
     cdef Py_ssize_t n_grad, off_V, off_c
     cdef object spare  # the scratch buffer between calls (1-D float32), or None
-    cdef StepPass stepper  # model.step's common call
 
     def __init__(self, const float[::1] flat not None, const Py_ssize_t[:, ::1] offs not None,
                  int D, int H, const float[:, ::1] V not None, const float[::1] c, bint relu,
                  Py_ssize_t n_grad, Py_ssize_t off_V, Py_ssize_t off_c):
-        cdef Py_ssize_t Ld = offs.shape[0]
-        expect(D >= 1 and H >= 1 and Ld >= 1, "offs")
-        check_offs(flat, offs, D, H, 1)
-        expect(V.shape[1] == H and (c is None or c.shape[0] == V.shape[0]), "V, c")
-        cdef Py_ssize_t K = V.shape[0]
+        StepPass.__init__(self, flat, offs, D, H, V, c, relu)
+        cdef Py_ssize_t K = self.K
         # the gradient buffer: the layer's gradients (laid out like flat) first,
         # then dV and, with a bias, dc, each inside it and clear of the layer's
         expect(flat.shape[0] <= off_V and off_V + K * H <= n_grad, "off_V")
@@ -590,12 +581,8 @@ cdef class FastPass:
                and (c is None or (flat.shape[0] <= off_c and off_c + K <= n_grad
                                   and (off_c + K <= off_V or off_V + K * H <= off_c))),
                "off_c")
-        self.flat, self.offs, self.V, self.c = flat, offs, V, c
-        self.D, self.H, self.L, self.K = D, H, <int>Ld, <int>K
-        self.relu = relu
         self.n_grad, self.off_V, self.off_c = n_grad, off_V, off_c
         self.spare = None
-        self.stepper = StepPass(flat, offs, D, H, V, c, relu)
 
     def run(self, int what, object x, object y, bint UT, bint WT, bint packed,
             int nthreads):
@@ -702,10 +689,6 @@ cdef class FastPass:
         if held is None or cnp.PyArray_SIZE(<cnp.ndarray>held) < cnp.PyArray_SIZE(arena):
             self.spare = arena
         return total, hs, Z, dflat, dh0, h_n
-
-    def step(self, object x_t, object h):
-        """model.step's common call: StepPass.step on the model's parameters."""
-        return self.stepper.step(x_t, h)
 
 
 # ---------------------------------------------------------------------------
