@@ -302,14 +302,16 @@ typedef struct wsr_job {
     int by_rows; /* threads own runs of batch rows (and every column): no barrier per step */
 } wsr_job;
 
-/* Threads split a recurrence by batch rows when W is at most this wide (W,
- * H*H floats, then fits in each core's L2 beside the rows: 1 MiB at 512) and
+/* Threads split a recurrence by batch rows when W is at most this wide and
  * every thread gets at least WSR_ROW_BLOCK rows.  The rows of a batch are
  * independent sequences, so a thread then runs all T steps of its own rows
  * without meeting the others, and reads no state another core wrote.  Wider
  * W is split by columns (each thread holds a part of W; one barrier per
  * step).  Either way each output element is the same chain, so results are
- * the same for every split and thread count. */
+ * the same for every split and thread count.  W at H = 512 (1 MiB) fits a
+ * 1-2 MiB L2 beside the rows; on a 512 KiB L2 (AMD Zen 3) it does not, yet
+ * rows measured as fast as columns or faster there too, two threads, B = 16
+ * to 128, H = 256 to 768 (benchmarks/README.md, fifth Zen 3 session). */
 #define WSR_ROWS_MAX_H 512
 #define WSR_ROW_BLOCK 8
 

@@ -7,7 +7,7 @@
  * (zero-padded past H); every time step then runs one register-blocked
  * micro-kernel per (rows x columns) tile on the packed panels, with the
  * elementwise epilogue (f or f', masking) fused while the tile is in
- * registers.  With n threads and H <= 512 (W fits in each core's L2) each
+ * registers.  With n threads and H <= 512 each
  * thread owns a fixed run of batch rows, blocks of 8, and runs every step of
  * them without meeting the others (the rows are independent sequences); with
  * a wider W, or fewer than 16 rows, each thread owns a fixed run of whole
