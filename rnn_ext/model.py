@@ -170,10 +170,9 @@ class RNN:
         start = 0
         for name in self._PIECES:
             cls, part = state[name]
+            stop = start + part["_layout"].size
             piece = cls.__new__(cls)
-            piece.__dict__.update(part)
-            stop = start + piece._layout.size
-            piece._bind(self._flat[start:stop])
+            piece.__setstate__({**part, "_flat": self._flat[start:stop]})
             setattr(self, name, piece)
             start = stop
         self._refresh_views()
