@@ -13,9 +13,13 @@ turn, repeated; each block loops the call enough times to last --min-time,
 and the reported time per call is the median over --repeat blocks after a
 warm-up.  Before timing, the NumPy and
 PyTorch results are checked against rnn_ext's once per case.  The sgemm rate
-of rnn_ext's BLAS (roofline.py) is measured at the start and end of each
-thread count's run.  A table goes to the screen, CSV and JSON to
-benchmarks/results/.  See benchmarks/README.md for the columns.
+of rnn_ext's BLAS (roofline.py, the limit) is measured once per round and
+thread count, just before that thread count's blocks, and at the start and
+end of the run.  The machine's speed drifts between rounds, so the ratios
+(vs numpy, vs torch, the roofline column and two threads over one) are
+medians of per-round ratios, each of timings taken side by side in one
+round.  A table goes to the screen, CSV and JSON to benchmarks/results/.
+See benchmarks/README.md for the columns.
 """
 
 import argparse
@@ -216,12 +220,15 @@ def thread_context(impl, n, args, numpy_blas):
 
 
 def run_case(case, args, numpy_blas):
-    """{(threads, impl, op): [seconds per call, one per repeat]} for one case.
+    """{(threads, impl, op): [seconds per call, one per round]}, the calls per
+    block, and {threads: [sgemm GFLOP/s, one per round]} for one case.
 
     Every thread count, implementation and operation takes its turn once per
-    round, so slow drifts of a shared machine hit them all alike.
+    round, each thread count after its own sgemm, so slow drifts of a shared
+    machine hit them all alike.
     """
     keys = [(n, impl, op) for n in args.threads for op in args.ops for impl in args.impl]
+    limits = {n: [] for n in args.threads}  # sgemm GFLOP/s, one per round
     calls = {}
     for key in keys:  # warm-up, and how many calls fill --min-time
         n, impl, op = key
@@ -234,13 +241,22 @@ def run_case(case, args, numpy_blas):
     for _ in range(args.repeat):
         for key in keys:
             n, impl, op = key
+            if len(limits[n]) < len(times[key]) + 1:
+                limits[n].append(roofline.sgemm_gflops(args.roofline_size, n, repeat=1)[0])
             settle = args.settle if args.settle is not None else (0.1 if n > 1 else 0.0)
             if settle:
                 time.sleep(settle)
             fn = case.call(impl, op)
             with thread_context(impl, n, args, numpy_blas):
                 times[key].append(time_block(fn, calls[key]))
-    return times, calls
+    return times, calls, limits
+
+
+def paired(num, den):
+    """Median of num[r] / den[r] over the rounds r (None if either is missing)."""
+    if not num or not den:
+        return None
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def measure_roofline(n, args):
@@ -308,8 +324,11 @@ TARGETS = [
     ("B=32, H<=256: vs hoisted NumPy", 1, lambda r: r["B"] == 32 and r["H"] <= 256, "vs_numpy", 1.5),
     ("T=100, B=32, D=K=256, H=1024: vs PyTorch", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "vs_torch", 2),
     ("T=100, B=32, D=K=256, H=1024: vs hoisted NumPy", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "vs_numpy", 1.15),
-    ("T=100, B=32, D=K=256, H=1024: of sgemm", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "roofline_frac", 0.8),
+    ("T=100, B=32, D=K=256, H=1024: of sgemm", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "roofline_frac", 0.85),
     ("T=100, B=32, D=K=256, H=1024: vs PyTorch", 2, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "vs_torch", 1.5),
+    ("T=100, B=32, D=K=256, H=1024: 2 threads over 1", 2, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 32, 256, 1024), "speedup", 1.8),
+    ("T=100, B=64, D=K=65, H=512: of sgemm", 1, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 64, 65, 512), "roofline_frac", 0.85),
+    ("T=100, B=64, D=K=65, H=512: 2 threads over 1", 2, lambda r: (r["T"], r["B"], r["D"], r["H"]) == (100, 64, 65, 512), "speedup", 1.8),
 ]
 
 
@@ -328,6 +347,12 @@ def target_lines(rows):
         show = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.2f}x")
         met = "met" if min(vals) >= needed else ("partly" if max(vals) >= needed else "missed")
         lines.append(f"| {label} | {n} | {show(needed)} | {show(min(vals))} .. {show(max(vals))} | {met} |")
+        if column == "speedup":
+            machine = [r["sgemm_speedup"] for r in rows if str(r["threads"]) == str(n)
+                       and r["op"] == "loss_and_grad" and keep(r) and r.get("sgemm_speedup")]
+            if machine:
+                lines.append(f"| the same rounds' sgemm, 2 threads over 1 | {n} | | "
+                             f"{show(min(machine))} .. {show(max(machine))} | |")
     by_case = {}
     for r in rows:
         if r["op"] == "loss_and_grad" and r.get("rnn_ext_s") is not None:
@@ -402,32 +427,36 @@ def main(argv=None):
     rooflines = {n: {"start": measure_roofline(n, args)} for n in args.threads}
     for n, roof in rooflines.items():
         print(f"sgemm {args.roofline_size}^3 on {n} thread(s): {roof['start']['median']:.1f} GFLOP/s")
-    print("\n" + HEADER + "   (roofline column provisional until the closing sgemm)")
+    print("\n" + HEADER)
     rows = []
     for T, B, D, H, K in cases:
         case = Case(T, B, D, H, K, args.impl)
         case.verify(args.impl)
         load = os.getloadavg()[0]
-        times, calls = run_case(case, args, numpy_blas)
+        times, calls, limits = run_case(case, args, numpy_blas)
         for n in args.threads:
             for op in args.ops:
-                med = {
-                    impl: statistics.median(times[n, impl, op]) if (n, impl, op) in times else None
-                    for impl in IMPLS
-                }
+                raw = {impl: times[n, impl, op] for impl in IMPLS if (n, impl, op) in times}
+                med = {impl: statistics.median(raw[impl]) if impl in raw else None for impl in IMPLS}
                 ours = med["rnn_ext"]
-                gflops = None if ours is None else flops(op, T, B, D, H, K) / ours / 1e9
+                work = flops(op, T, B, D, H, K) / 1e9
+                gflops = None if ours is None else work / ours
+                first = args.threads[0]
                 row = dict(
                     threads=n, T=T, B=B, D=D, H=H, K=K, op=op,
                     rnn_ext_s=ours, numpy_s=med["numpy"], torch_s=med["torch"],
                     rnn_ext_gflops=gflops,
-                    vs_numpy=None if None in (ours, med["numpy"]) else med["numpy"] / ours,
-                    vs_torch=None if None in (ours, med["torch"]) else med["torch"] / ours,
-                    roofline_frac=None if gflops is None
-                    else gflops / rooflines[n]["start"]["median"],
+                    vs_numpy=paired(raw.get("numpy"), raw.get("rnn_ext")),
+                    vs_torch=paired(raw.get("torch"), raw.get("rnn_ext")),
+                    roofline_frac=None if ours is None
+                    else paired([work / t for t in raw["rnn_ext"]], limits[n]),
+                    sgemm_gflops=statistics.median(limits[n]),
+                    speedup=None if n == first or (first, "rnn_ext", op) not in times
+                    else paired(times[first, "rnn_ext", op], raw.get("rnn_ext")),
+                    sgemm_speedup=None if n == first else paired(limits[n], limits[first]),
                     numpy_err=case.verified.get("numpy"), torch_err=case.verified.get("torch"),
                     load=load,
-                    raw={impl: times[n, impl, op] for impl in IMPLS if (n, impl, op) in times},
+                    raw=raw, sgemm_raw=limits[n],
                     calls_per_block={
                         impl: calls[n, impl, op] for impl in IMPLS if (n, impl, op) in calls
                     },
@@ -439,18 +468,17 @@ def main(argv=None):
         roof["gflops"] = max(roof["start"]["median"], roof["end"]["median"])
         print(
             f"sgemm at {n} thread(s): {roof['start']['median']:.1f} GFLOP/s at the start, "
-            f"{roof['end']['median']:.1f} at the end; the roofline column uses {roof['gflops']:.1f}"
+            f"{roof['end']['median']:.1f} at the end (the roofline column pairs each round "
+            f"with that round's sgemm)"
         )
-    for row in rows:
-        if row["rnn_ext_gflops"] is not None:
-            row["roofline_frac"] = row["rnn_ext_gflops"] / rooflines[row["threads"]]["gflops"]
     print_final(rows, rooflines)
     save(rows, rooflines, info, args, time.time() - started)
 
 
 def print_final(rows, rooflines):
     """The whole table again, the roofline column against each thread count's final sgemm."""
-    print("\nmedian ms per call; vs = peer's time / rnn_ext's; roofline = rnn_ext GFLOP/s / sgemm GFLOP/s")
+    print("\nmedian ms per call; vs = peer's time / rnn_ext's; roofline = rnn_ext GFLOP/s / sgemm "
+          "GFLOP/s; ratios are medians of per-round ratios")
     for n, roof in rooflines.items():
         print(f"\n{n} thread(s), sgemm {roof['gflops']:.1f} GFLOP/s")
         print(HEADER)
@@ -466,7 +494,7 @@ def save(rows, rooflines, info, args, seconds):
     meta = dict(info, args={k: v for k, v in vars(args).items()}, seconds=seconds, rooflines=rooflines)
     with open(base + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    fields = [k for k in rows[0] if k not in ("raw", "calls_per_block")] if rows else []
+    fields = [k for k in rows[0] if k not in ("raw", "sgemm_raw", "calls_per_block")] if rows else []
     with open(base + ".csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -13,13 +13,17 @@ vocabulary D = K = 65 (integer ids in, integer targets out):
              clip_grad_value_(params, 5), torch.optim.Adam.step (the ids as a
              one-hot float tensor made once, outside the timing)
 
-Cases (H, B, T): (512, 64, 100), (1024, 32, 100), (128, 1, 25).  For every
-case and thread count the two run in turn, one timed block each (a block
-loops the step for at least --min-time seconds), round after round; the table
-gives the median over --rounds rounds and characters per second = T*B / time.
-The same run's sgemm rate (benchmarks/roofline.py) is given as the limit;
-GFLOP/s counts the fwd+bwd arithmetic 6·T·B·(D·H + H·H + H·K).  Thread
-counts: rnn_ext.threads(n) and torch.set_num_threads(n).
+Cases (H, B, T): (512, 64, 100), (1024, 32, 100), (128, 1, 25).  Per case,
+round after round, every thread count takes its turn: the same run's large
+sgemm (benchmarks/roofline.py, the limit) is timed once, then rnn_ext and
+PyTorch one block each (a block loops the step for at least --min-time
+seconds).  The machine's speed drifts between rounds, so every ratio is a
+median of per-round ratios, each from timings taken side by side: rnn_ext
+against PyTorch, GFLOP/s as % of that round's sgemm, and two threads against
+one (for rnn_ext, PyTorch and sgemm alike).  Times are medians over --rounds
+rounds; characters per second = T*B / time.  GFLOP/s counts the fwd+bwd
+arithmetic 6·T·B·(D·H + H·H + H·K).  Thread counts: rnn_ext.threads(n) and
+torch.set_num_threads(n).
 """
 
 import argparse
@@ -106,6 +110,7 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.3)
+    ap.add_argument("--sgemm-size", type=int, default=2048, help="the limit's sgemm, n x n x n")
     args = ap.parse_args(argv)
     cases = [tuple(int(v) for v in c.split(",")) for c in args.case] if args.case else CASES
     counts = [int(n) for n in args.threads.split(",")]
@@ -122,32 +127,50 @@ def main(argv=None):
     print(f"{cpu}; rnn_ext {rnn_ext.__version__}, recurrence path "
           f"{rnn_ext._kernels.wsr_path()}; torch {torch.__version__ if torch else '-'}")
     rows = []
-    for n in counts:
-        set_threads(n)
-        limit = roofline.sgemm_gflops(2048, n)[0]
-        for H, B, T in cases:
-            rng = np.random.default_rng(0)
-            x = rng.integers(0, DK, (T, B))
-            y = rng.integers(0, DK, (T, B))
-            impls = {"rnn_ext": rnn_ext_step(H, B, T, x, y)}
-            if torch is not None:
-                impls["torch"] = torch_step(H, B, T, x, y)
-            for fn in impls.values():  # warm-up
+    for H, B, T in cases:
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, DK, (T, B))
+        y = rng.integers(0, DK, (T, B))
+        impls = {"rnn_ext": rnn_ext_step(H, B, T, x, y)}
+        if torch is not None:
+            impls["torch"] = torch_step(H, B, T, x, y)
+        flop = 6.0 * T * B * (DK * H + H * H + H * DK)
+        for n in counts:  # warm-up
+            set_threads(n)
+            for fn in impls.values():
                 timed(fn, args.min_time / 3)
-            times = {k: [] for k in impls}
-            for _ in range(args.rounds):
+        times = {(n, k): [] for n in counts for k in impls}
+        limit = {n: [] for n in counts}
+        for _ in range(args.rounds):
+            for n in counts:
+                set_threads(n)
+                limit[n].append(roofline.sgemm_gflops(args.sgemm_size, n, repeat=1)[0])
+                if n > 1:
+                    time.sleep(0.1)  # the BLAS's threads stop spinning
                 for k, fn in impls.items():
-                    times[k].append(timed(fn, args.min_time))
-            med = {k: statistics.median(v) for k, v in times.items()}
-            gflops = 6.0 * T * B * (DK * H + H * H + H * DK) / med["rnn_ext"] / 1e9
-            ratio = med["torch"] / med["rnn_ext"] if "torch" in med else float("nan")
-            rows.append((n, H, B, T, med, gflops, limit, ratio))
+                    times[n, k].append(timed(fn, args.min_time))
+        for n in counts:
+            ours = times[n, "rnn_ext"]
+            med = {k: statistics.median(times[n, k]) for k in impls}
+            frac = statistics.median(flop / t / 1e9 / g for t, g in zip(ours, limit[n]))
+            ratio = (statistics.median(p / o for p, o in zip(times[n, "torch"], ours))
+                     if "torch" in impls else float("nan"))
+            rows.append(dict(threads=n, H=H, B=B, T=T, ms=med, gflops=flop / med["rnn_ext"] / 1e9,
+                             sgemm=statistics.median(limit[n]), of_sgemm=frac, vs_torch=ratio))
             print(f"threads {n}  H={H:5d} B={B:3d} T={T:3d}  rnn_ext {med['rnn_ext'] * 1e3:8.2f} ms "
-                  f"({T * B / med['rnn_ext']:10.0f} chars/s, {gflops:6.1f} GFLOP/s = "
-                  f"{100 * gflops / limit:3.0f}% of sgemm {limit:.0f})"
+                  f"({T * B / med['rnn_ext']:10.0f} chars/s, {flop / med['rnn_ext'] / 1e9:6.1f} GFLOP/s, "
+                  f"{100 * frac:3.0f}% of sgemm {statistics.median(limit[n]):.0f})"
                   + (f"  torch {med['torch'] * 1e3:8.2f} ms ({T * B / med['torch']:10.0f} chars/s)"
-                     f"  rnn_ext/torch speed {ratio:5.2f}x" if "torch" in med else ""),
+                     f"  rnn_ext/torch speed {ratio:5.2f}x" if "torch" in impls else ""),
                   flush=True)
+        if len(counts) > 1:
+            n1, n2 = counts[0], counts[-1]
+            gain = {k: statistics.median(a / b for a, b in zip(times[n1, k], times[n2, k]))
+                    for k in impls}
+            gain["sgemm"] = statistics.median(b / a for a, b in zip(limit[n1], limit[n2]))
+            rows[-1]["speedup"] = gain
+            print(f"          {n2} threads over {n1}: "
+                  + ", ".join(f"{k} {v:.2f}x" for k, v in gain.items()), flush=True)
     return rows
 
 

@@ -13,14 +13,16 @@ steps, each 2·T·B·H² flops:
                today (scipy's BLAS on n threads)
     blas bwd   one sgemm a step plus the f' product, likewise
 
-reported as GFLOP/s and as % of the same run's large-sgemm rate on n threads
-(scipy.linalg.blas.sgemm, 2048 x 2048, benchmarks/roofline.py).  Packing W
-(once per pass, both layouts, into buffers allocated once) is timed on its
-own and shown as % of the wsr fwd time.
+reported as GFLOP/s and as % of the large-sgemm rate on n threads
+(scipy.linalg.blas.sgemm, 2048 x 2048, benchmarks/roofline.py) timed just
+before the case in the same round.  Packing W (once per pass, both layouts,
+into buffers allocated once) is timed on its own and shown as % of the wsr
+fwd time.
 Cases, recurrences and thread counts are interleaved: every round times
-each once (a block of calls lasting at least --min-time), the sgemm rate
-once per thread count; the table shows medians over --rounds rounds, so that
-a noisy, shared machine disturbs every column alike.
+each once (a block of calls lasting at least --min-time), each case after
+its own sgemm; GFLOP/s are medians over --rounds rounds, and every ratio
+(% of sgemm, wsr over blas, two threads over one) a median of per-round
+ratios, so that a noisy, shared machine's drift cancels out.
 """
 
 import argparse
@@ -107,17 +109,18 @@ def main(argv=None):
     load_start = os.getloadavg()
     cases = [Case(args.T, B, H) for B in args.B for H in args.H]
     times = {}  # (n, B, H, kind) -> [seconds]
-    sgemm = {n: [] for n in args.threads}
+    sgemm = {}  # (n, B, H) -> [GFLOP/s, one per round, just before the case]
     for c in cases:  # warm-up: the pool, the caches, the BLAS threads
         for n in args.threads:
             with _threads.threads(n):
                 for kind in (*KINDS, "pack"):
                     c.time(kind, n, 0.0)
     for r in range(args.rounds):
-        for n in args.threads:
-            sgemm[n].append(roofline.sgemm_gflops(args.sgemm_size, n, repeat=1)[0])
-            with _threads.threads(n):
-                for c in cases:
+        for c in cases:
+            for n in args.threads:
+                sgemm.setdefault((n, c.B, c.H), []).append(
+                    roofline.sgemm_gflops(args.sgemm_size, n, repeat=1)[0])
+                with _threads.threads(n):
                     for kind in (*KINDS, "pack"):
                         key = (n, c.B, c.H, kind)
                         times.setdefault(key, []).append(c.time(kind, n, args.min_time))
@@ -130,26 +133,34 @@ def main(argv=None):
     print(f"load average (1, 5, 15 min) at start {load_start[0]:.2f} {load_start[1]:.2f} "
           f"{load_start[2]:.2f}, at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     for n in args.threads:
-        rate = statistics.median(sgemm[n])
-        print(f"\n{n} thread(s): sgemm {args.sgemm_size}^2 = {rate:.1f} GFLOP/s "
-              f"(rounds: {', '.join(f'{v:.0f}' for v in sgemm[n])})")
+        rates = [v for (m, _, _), vs in sgemm.items() if m == n for v in vs]
+        print(f"\n{n} thread(s): sgemm {args.sgemm_size}^2 = {statistics.median(rates):.1f} GFLOP/s "
+              f"(median of {len(rates)}, {min(rates):.0f} to {max(rates):.0f})")
         print(f"{'B':>4} {'H':>5} | " + " | ".join(f"{k:>14}" for k in KINDS)
               + " | wsr/blas fwd, bwd | pack")
         for c in cases:
-            med = {k: statistics.median(times[(n, c.B, c.H, k)]) for k in (*KINDS, "pack")}
-            cells = [f"{c.flops / med[k] / 1e9:6.1f} {100 * c.flops / med[k] / 1e9 / rate:5.0f}%"
+            t = {k: times[(n, c.B, c.H, k)] for k in (*KINDS, "pack")}
+            limit = sgemm[(n, c.B, c.H)]
+            cells = [f"{c.flops / statistics.median(t[k]) / 1e9:6.1f} "
+                     f"{100 * paired([c.flops / v / 1e9 for v in t[k]], limit):5.0f}%"
                      for k in KINDS]
             print(f"{c.B:>4} {c.H:>5} | " + " | ".join(f"{v:>14}" for v in cells)
-                  + f" | {med['blas fwd'] / med['wsr fwd']:5.2f}x {med['blas bwd'] / med['wsr bwd']:5.2f}x"
-                  + f" | {100 * med['pack'] / med['wsr fwd']:4.1f}%")
+                  + f" | {paired(t['blas fwd'], t['wsr fwd']):5.2f}x "
+                  f"{paired(t['blas bwd'], t['wsr bwd']):5.2f}x"
+                  + f" | {100 * paired(t['pack'], t['wsr fwd']):4.1f}%")
     if len(args.threads) > 1:
         n1, n2 = args.threads[0], args.threads[-1]
-        print(f"\nspeed-up of {n2} threads over {n1} (wsr fwd, wsr bwd; blas fwd, blas bwd):")
+        print(f"\nspeed-up of {n2} threads over {n1} (wsr fwd, wsr bwd; blas fwd, blas bwd; "
+              f"the same rounds' sgemm):")
         for c in cases:
-            ratio = [statistics.median(times[(n1, c.B, c.H, k)]) /
-                     statistics.median(times[(n2, c.B, c.H, k)]) for k in KINDS]
+            ratio = [paired(times[(n1, c.B, c.H, k)], times[(n2, c.B, c.H, k)]) for k in KINDS]
+            ratio.append(paired(sgemm[(n2, c.B, c.H)], sgemm[(n1, c.B, c.H)]))
             print(f"{c.B:>4} {c.H:>5} | " + "  ".join(f"{v:5.2f}x" for v in ratio))
 
+
+def paired(num, den):
+    """Median of num[r] / den[r] over the rounds r."""
+    return statistics.median(a / b for a, b in zip(num, den))
 
 if __name__ == "__main__":
     main()
