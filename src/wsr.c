@@ -27,6 +27,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <time.h>
+#include <unistd.h> /* sysconf */
 #endif
 
 #if WSR_X86_64
@@ -302,8 +303,9 @@ typedef struct wsr_job {
     int by_rows; /* threads own runs of batch rows (and every column): no barrier per step */
 } wsr_job;
 
-/* Threads split a recurrence by batch rows when W is at most this wide and
- * every thread gets at least WSR_ROW_BLOCK rows.  The rows of a batch are
+/* Threads split a recurrence by batch rows when W is at most this wide (or
+ * a thread's share of W is more than twice the L2, below) and every thread
+ * gets at least WSR_ROW_BLOCK rows.  The rows of a batch are
  * independent sequences, so a thread then runs all T steps of its own rows
  * without meeting the others, and reads no state another core wrote (but
  * for the cache line two threads' rows share when a row of H floats is not
@@ -313,9 +315,39 @@ typedef struct wsr_job {
  * the same for every split and thread count.  W at H = 512 (1 MiB) fits a
  * 1-2 MiB L2 beside the rows; on a 512 KiB L2 (AMD Zen 3) it does not, yet
  * rows measured as fast as columns or faster there too, two threads, B = 16
- * to 128, H = 256 to 768 (benchmarks/README.md, fifth Zen 3 session). */
+ * to 128, H = 256 to 768 (benchmarks/README.md, fifth Zen 3 session).
+ * Columns keep a thread's share of W in its L2 at the price of a barrier
+ * per step; where that share is more than twice the L2 it streams from L3
+ * either way, and rows, with no barrier, measured faster: the recurrence
+ * alone 0-5 %, a whole loss_and_grad 1-9 % (two threads, B = 32 and 64,
+ * H = 768 and 1024, Zen 3's 512 KiB L2; benchmarks/README.md, sixth Zen 3
+ * session). */
 #define WSR_ROWS_MAX_H 512
 #define WSR_ROW_BLOCK 8
+
+/* One core's L2 in bytes as the OS reports it, 0 when it does not (then
+ * only WSR_ROWS_MAX_H decides); asked once */
+static wsr_atomic g_l2 = -1;
+
+static long l2_bytes(void) {
+    long v = atomic_load(&g_l2);
+    if (v >= 0) return v;
+    v = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long s = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (s > 0 && s < (1L << 30)) v = s;
+#endif
+    atomic_cas(&g_l2, -1, v);
+    return atomic_load(&g_l2);
+}
+
+/* 1 when n threads should split a recurrence with an H-wide W by batch rows */
+static int split_by_rows(int H, int B, int n) {
+    if (n <= 1 || B / WSR_ROW_BLOCK < 2) return 0;
+    if (H <= WSR_ROWS_MAX_H) return 1;
+    const long l2 = l2_bytes();
+    return l2 > 0 && (double)sizeof(float) * H * H / n > 2.0 * (double)l2;
+}
 
 static void barrier(int n, int tid);
 
@@ -688,7 +720,7 @@ static void run(wsr_job* job, int nthreads) {
     int n = nthreads;
     if (job->task == NULL) {
         const int blocks = job->B / WSR_ROW_BLOCK;
-        job->by_rows = job->H <= WSR_ROWS_MAX_H && n > 1 && blocks >= 2;
+        job->by_rows = split_by_rows(job->H, job->B, n);
         const int most = job->by_rows ? blocks : job->npanels;
         n = most < n ? most : n;
     }

@@ -306,13 +306,16 @@ def test_threads_match_on_wide_problem(path):
         assert np.array_equal(bits(d), bits(douts[0]))
 
 
-def test_wider_than_l2_splits_by_columns_and_fetches_ahead(path):
-    # H > 512: threads split W's panels (a barrier per step), and at H >= 900
-    # the kernels fetch the next panel into L2 as they go (src/wsr_avx512.c);
-    # a ragged last panel (1000 = 31 * 32 + 8), reverse and ragged lengths
-    T, B, H = 3, 20, 1000
+@pytest.mark.parametrize("B", [12, 20])
+def test_wider_than_l2_splits_by_columns_and_fetches_ahead(path, B):
+    # H > 512: threads split W's panels (a barrier per step), always so for
+    # B = 12 (too few rows to split by), for B = 20 unless a thread's share of
+    # W is more than twice the L2 (src/wsr.c: then by rows); at H >= 900 the
+    # kernels fetch the next panel into L2 as they go (src/wsr_avx512.c); a
+    # ragged last panel (1000 = 31 * 32 + 8), reverse and ragged lengths
+    T, H = 3, 1000
     W, hs_in, delta_in = problem(T, B, H, 6, False)
-    lengths = np.array([3, 1, 2] * 6 + [3, 3], dtype=np.intp)
+    lengths = np.array(([3, 1, 2] * B)[:B - 2] + [3, 3], dtype=np.intp)
     for reverse in (False, True):
         case = f"{path} T={T} B={B} H={H} reverse={reverse}"
         hs = hs_in.copy()
