@@ -303,26 +303,29 @@ typedef struct wsr_job {
     int by_rows; /* threads own runs of batch rows (and every column): no barrier per step */
 } wsr_job;
 
-/* Threads split a recurrence by batch rows when W is at most this wide (or
- * a thread's share of W is more than twice the L2, below) and every thread
- * gets at least WSR_ROW_BLOCK rows.  The rows of a batch are
- * independent sequences, so a thread then runs all T steps of its own rows
- * without meeting the others, and reads no state another core wrote (but
- * for the cache line two threads' rows share when a row of H floats is not
- * a whole number of lines).  Wider
- * W is split by columns (each thread holds a part of W; one barrier per
- * step).  Either way each output element is the same chain, so results are
- * the same for every split and thread count.  W at H = 512 (1 MiB) fits a
- * 1-2 MiB L2 beside the rows; on a 512 KiB L2 (AMD Zen 3) it does not, yet
- * rows measured as fast as columns or faster there too, two threads, B = 16
- * to 128, H = 256 to 768 (benchmarks/README.md, fifth Zen 3 session).
- * Columns keep a thread's share of W in its L2 at the price of a barrier
- * per step; where that share is more than twice the L2 it streams from L3
- * either way, and rows, with no barrier, measured faster: the recurrence
- * alone 0-5 %, a whole loss_and_grad 1-9 % (two threads, B = 32 and 64,
- * H = 768 and 1024, Zen 3's 512 KiB L2; benchmarks/README.md, sixth Zen 3
- * session). */
+/* Threads split a recurrence by batch rows when W is at most
+ * WSR_ROWS_MAX_H wide (or, up to WSR_ROWS_WIDE_MAX_H, when a thread's share
+ * of W is more than twice the L2) and every thread gets at least
+ * WSR_ROW_BLOCK rows.  The rows of a batch are independent sequences, so a
+ * thread then runs all T steps of its own rows without meeting the others,
+ * and reads no state another core wrote (but for the cache line two
+ * threads' rows share when a row of H floats is not a whole number of
+ * lines).  Otherwise W is split by columns (each thread holds a part of W;
+ * one barrier per step).  Either way each output element is the same chain,
+ * so results are the same for every split and thread count.
+ *
+ * W at H = 512 (1 MiB) fits a 1-2 MiB L2 beside the rows; on a 512 KiB L2
+ * (AMD Zen 3) it does not, yet rows measured as fast as columns or faster
+ * there too, two threads, B = 16 to 128, H = 256 to 768 (benchmarks/
+ * README.md, fifth Zen 3 session).  Columns keep a thread's share of W in
+ * its L2 at the price of a barrier per step; where that share is more than
+ * twice the L2 it streams from L3 either way, and rows, with no barrier,
+ * measured faster: the recurrence alone 0-5 %, a whole loss_and_grad 1-9 %
+ * (two threads, B = 32 and 64, H = 768 and 1024, Zen 3; sixth session).
+ * Wider still, rows (every thread streams all of W each step, twice the
+ * columns' traffic from L3) measured 0-14 % slower there (H = 2048, 3072). */
 #define WSR_ROWS_MAX_H 512
+#define WSR_ROWS_WIDE_MAX_H 1024
 #define WSR_ROW_BLOCK 8
 
 /* One core's L2 in bytes as the OS reports it, 0 when it does not (then
@@ -345,6 +348,7 @@ static long l2_bytes(void) {
 static int split_by_rows(int H, int B, int n) {
     if (n <= 1 || B / WSR_ROW_BLOCK < 2) return 0;
     if (H <= WSR_ROWS_MAX_H) return 1;
+    if (H > WSR_ROWS_WIDE_MAX_H) return 0;
     const long l2 = l2_bytes();
     return l2 > 0 && (double)sizeof(float) * H * H / n > 2.0 * (double)l2;
 }
