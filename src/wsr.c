@@ -305,8 +305,8 @@ typedef struct wsr_job {
 
 /* Threads split a recurrence by batch rows when W is at most
  * WSR_ROWS_MAX_H wide (or, up to WSR_ROWS_WIDE_MAX_H, when a thread's share
- * of W is more than twice the L2) and every thread gets at least
- * WSR_ROW_BLOCK rows.  The rows of a batch are independent sequences, so a
+ * of W is more than twice the L2 and it gets WSR_ROWS_WIDE_MIN rows) and
+ * every thread gets at least WSR_ROW_BLOCK rows.  The rows of a batch are independent sequences, so a
  * thread then runs all T steps of its own rows without meeting the others,
  * and reads no state another core wrote (but for the cache line two
  * threads' rows share when a row of H floats is not a whole number of
@@ -323,9 +323,12 @@ typedef struct wsr_job {
  * measured faster: the recurrence alone 0-5 %, a whole loss_and_grad 1-9 %
  * (two threads, B = 32 and 64, H = 768 and 1024, Zen 3; sixth session).
  * Wider still, rows (every thread streams all of W each step, twice the
- * columns' traffic from L3) measured 0-14 % slower there (H = 2048, 3072). */
+ * columns' traffic from L3) measured 0-14 % slower there (H = 2048, 3072),
+ * and so they did with 8 rows a thread (B = 16: 1.04-1.25x the time of
+ * columns at H = 768 and 1024; 12 rows, B = 24: 0.94-0.98x). */
 #define WSR_ROWS_MAX_H 512
 #define WSR_ROWS_WIDE_MAX_H 1024
+#define WSR_ROWS_WIDE_MIN 12
 #define WSR_ROW_BLOCK 8
 
 /* One core's L2 in bytes as the OS reports it, 0 when it does not (then
@@ -348,7 +351,7 @@ static long l2_bytes(void) {
 static int split_by_rows(int H, int B, int n) {
     if (n <= 1 || B / WSR_ROW_BLOCK < 2) return 0;
     if (H <= WSR_ROWS_MAX_H) return 1;
-    if (H > WSR_ROWS_WIDE_MAX_H) return 0;
+    if (H > WSR_ROWS_WIDE_MAX_H || B / n < WSR_ROWS_WIDE_MIN) return 0;
     const long l2 = l2_bytes();
     return l2 > 0 && (double)sizeof(float) * H * H / n > 2.0 * (double)l2;
 }

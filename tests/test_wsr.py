@@ -306,11 +306,12 @@ def test_threads_match_on_wide_problem(path):
         assert np.array_equal(bits(d), bits(douts[0]))
 
 
-@pytest.mark.parametrize("B", [12, 20])
+@pytest.mark.parametrize("B", [12, 24])
 def test_wider_than_l2_splits_by_columns_and_fetches_ahead(path, B):
     # H > 512: threads split W's panels (a barrier per step), always so for
-    # B = 12 (too few rows to split by), for B = 20 unless a thread's share of
-    # W is more than twice the L2 (src/wsr.c: then by rows); at H >= 900 the
+    # B = 12 (too few rows to split by), for B = 24 unless a thread's share of
+    # W is more than twice the L2 and it gets 12 rows (src/wsr.c: then by
+    # rows, as two threads do on a 512 KiB L2); at H >= 900 the
     # kernels fetch the next panel into L2 as they go (src/wsr_avx512.c); a
     # ragged last panel (1000 = 31 * 32 + 8), reverse and ragged lengths
     T, H = 3, 1000
