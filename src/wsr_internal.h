@@ -42,6 +42,7 @@
 #define WSR_STATIC_INLINE static __inline
 #define WSR_INLINE static __forceinline
 #define WSR_UNROLL
+#define WSR_UNROLL4
 #define WSR_RESTRICT __restrict
 #else
 #define WSR_TARGET(isa) __attribute__((target(isa)))
@@ -49,8 +50,10 @@
 #define WSR_INLINE static inline __attribute__((always_inline))
 #if defined(__clang__)
 #define WSR_UNROLL _Pragma("clang loop unroll(full)")
+#define WSR_UNROLL4 _Pragma("clang loop unroll_count(4)")
 #else
 #define WSR_UNROLL _Pragma("GCC unroll 16")
+#define WSR_UNROLL4 _Pragma("GCC unroll 4")
 #endif
 #define WSR_RESTRICT __restrict__
 #endif
