@@ -82,10 +82,11 @@ TGT WSR_INLINE void k_step(__m256 acc[MR_MAX][NV_MAX], const float* in, const fl
 /* k steps of the tile's product: acc[r][v] += in[r*H + k] * w_k[v] for the
  * rows at `in` (rows H apart) and the packed rows w_k = wk + k*WSR_NR + off[v];
  * k ascending, one fused multiply-add per element and step.  Unrolled four
- * times where the tile's accumulators, its W vectors and a broadcast fit the
- * 16 registers (1-7 % faster at B = 16-64, H = 256-1024, AMD Zen 3); the
- * 3 x 4 and 1 x 8 tiles, which do not, spill accumulators when unrolled
- * (B = 3, H = 128: half the speed), so their loop stays as it is. */
+ * times (GCC) where the tile's accumulators, its W vectors and a broadcast
+ * fit the 16 registers: one thread, AMD Zen 3, forward 1-6 % and backward
+ * 2-14 % faster at B = 16-64, H = 256-1024, 22-25 % at B = 2.  The 3 x 4 and
+ * 1 x 8 tiles, which do not fit, spill accumulators when unrolled (B = 3,
+ * H = 128: half the speed), so their loop stays as it is. */
 TGT WSR_INLINE void k_steps(__m256 acc[MR_MAX][NV_MAX], const float* in, const float* wk,
                             const ptrdiff_t off[NV_MAX], int steps, int H, const int MR,
                             const int NV) {
