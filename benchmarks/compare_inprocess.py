@@ -91,6 +91,13 @@ def main(argv=None):
         for i in (0, 1) if r % 2 == 0 else (1, 0):
             libs[i].set_num_threads(a.threads)
             times[i].append(per_call(calls[i], a.min_time))
+    # a call that imported a module of the package lazily would have found
+    # neither tree's rnn_ext in sys.modules and imported one from sys.path
+    stray = sorted(n for n in sys.modules if n == "rnn_ext" or n.startswith("rnn_ext."))
+    if stray:
+        sys.exit(
+            f"a call imported {', '.join(stray)} again from sys.path: the timings may mix builds"
+        )
     ratios = [new / old for old, new in zip(*times)]
     print(
         f"{a.threads} thread(s), T={a.T} B={a.B} D=K={a.DK} H={a.H} {a.op}, {a.rounds} rounds: "
