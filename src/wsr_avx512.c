@@ -6,7 +6,9 @@
  * MR is up to 8; NV is 2 (one panel) for 5 or more rows and grows for fewer
  * rows (4 for 3-4, 8 for 1-2) so that there are always enough independent
  * accumulators to hide the FMA latency.  Columns past H in the last panel
- * are masked off.  Layout and invariant: src/wsr_internal.h.
+ * are masked off.  Each tile fetches the rows of out (and h) that the next
+ * one reads into L1 while it computes, as the AVX2 kernel does.  Layout and
+ * invariant: src/wsr_internal.h.
  *
  * Compiled for AVX-512F by a per-function target attribute (GCC, Clang) and
  * called only when the CPU and OS support it (src/wsr.c); MSVC needs none. */
@@ -21,6 +23,10 @@
 #define VW 16
 /* the smallest H whose W (H*H floats, 3 MiB at 900) is fetched ahead panel by panel */
 #define WSR_PREFETCH_MIN_H 900
+/* k steps before the end of a tile at which it fetches the next tile's rows,
+ * in tiles of at least WSR_FETCH_MIN_H steps */
+#define WSR_FETCH_STEPS 128
+#define WSR_FETCH_MIN_H 256
 
 TGT WSR_INLINE __m512 tanh16(__m512 a) {
     const __m512 cl = _mm512_set1_ps(WSR_TANH_CLAMP);
@@ -49,11 +55,15 @@ TGT WSR_INLINE __m512 tanh16(__m512 a) {
     return _mm512_mask_mov_ps(_mm512_mask_mov_ps(r, small, a), big, one);
 }
 
-/* acc[r][v] += in[r, k] * panel[k, v] for every k; with PF, the next panel's
- * row k (pf: two 64-byte lines) is fetched into L2 on the way */
+/* acc[r][v] += in[r*H + k] * wp[v][k*WSR_NR] for k = k0 .. k1-1, ascending,
+ * one fused multiply-add per element and step; with PF, the next panel's row
+ * k (pf: two 64-byte lines) is fetched into L2 on the way.  Not unrolled: on
+ * AMD Zen 4 four times measured 0.98-1.01x the speed at B = 16-64, H = 256
+ * and 1024 (one thread), where the AVX2 kernel gained up to 14 % on Zen 3. */
 TGT WSR_INLINE void k_loop(__m512 acc[MR_MAX][NV_MAX], const float* in, const float* const* wp,
-                           const float* pf, int H, const int MR, const int NV, const int PF) {
-    for (int k = 0; k < H; k++) {
+                           const float* pf, int k0, int k1, int H, const int MR, const int NV,
+                           const int PF) {
+    for (int k = k0; k < k1; k++) {
         __m512 w[NV_MAX];
         if (PF) {
             _mm_prefetch((const char*)(pf + (ptrdiff_t)k * WSR_NR), _MM_HINT_T1);
@@ -72,8 +82,13 @@ TGT WSR_INLINE void k_loop(__m512 acc[MR_MAX][NV_MAX], const float* in, const fl
 
 /* out[b0:b0+MR, c:c+16*NV] (masked to c1); MR, NV, bwd are constants after
  * inlining.  pf: the panel to fetch into L2 meanwhile (the next one this
- * call reads, when W is larger than L2), or NULL. */
-TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* pf, const int MR,
+ * call reads, when W is larger than L2), or NULL.  next: the first element
+ * of the tile run() computes next (its `next_rows` rows H apart, `next_cols`
+ * columns), or NULL; its rows of out (and of h backward) are fetched into L1
+ * near the end of this tile's k loop, so that they do not stall its first
+ * (last) instructions. */
+TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* pf,
+                         const float* next, int next_rows, int next_cols, const int MR,
                          const int NV, const int bwd) {
     const int H = s->H;
     const float* wp[NV_MAX];
@@ -94,10 +109,34 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
     }
     if (s->in != NULL) {
         const float* in = s->in + (ptrdiff_t)b0 * H;
+        /* a short k loop (H < WSR_FETCH_MIN_H) does without the fetch of
+         * the next tile: what it would save costs less than the fetch.  So
+         * do the tiles of 1-4 rows (NV > 2): with the fetch's second loop
+         * their W vectors no longer stayed in registers (GCC 12: every FMA
+         * loaded its own; B = 2, H = 128 took 1.1x the time) */
+        const int late = NV <= 2 && H >= WSR_FETCH_MIN_H && next != NULL ? H - WSR_FETCH_STEPS : H;
         if (pf != NULL)
-            k_loop(acc, in, wp, pf, H, MR, NV, 1);
+            k_loop(acc, in, wp, pf, 0, late, H, MR, NV, 1);
         else
-            k_loop(acc, in, wp, pf, H, MR, NV, 0);
+            k_loop(acc, in, wp, pf, 0, late, H, MR, NV, 0);
+        if (NV <= 2 && late < H) {
+            const float* next_h = bwd ? s->h + (next - s->out) : NULL;
+            for (int r = 0; r < next_rows; r++) {
+                /* the first and last line of its columns in a row */
+                const float* o = next + (ptrdiff_t)r * H;
+                _mm_prefetch((const char*)o, _MM_HINT_T0);
+                _mm_prefetch((const char*)(o + next_cols - 1), _MM_HINT_T0);
+                if (bwd) {
+                    const float* h = next_h + (ptrdiff_t)r * H;
+                    _mm_prefetch((const char*)h, _MM_HINT_T0);
+                    _mm_prefetch((const char*)(h + next_cols - 1), _MM_HINT_T0);
+                }
+            }
+            if (pf != NULL)
+                k_loop(acc, in, wp, pf, late, H, H, MR, NV, 1);
+            else
+                k_loop(acc, in, wp, pf, late, H, H, MR, NV, 0);
+        }
     }
     /* the epilogue: every result first, then every store, so that no load of h
      * waits behind a store to out at the same address modulo 4 KiB */
@@ -134,16 +173,18 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
     }
 }
 
-typedef void (*tile_fn)(const wsr_step*, int, int, int, const float*);
+typedef void (*tile_fn)(const wsr_step*, int, int, int, const float*, const float*, int, int);
 
 #define DEF(MR, NV)                                                                    \
     TGT static void fwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1,          \
-                                    const float* pf) {                                 \
-        tile(s, b0, c, c1, pf, MR, NV, 0);                                             \
+                                    const float* pf, const float* next, int rows,      \
+                                    int cols) {                                        \
+        tile(s, b0, c, c1, pf, next, rows, cols, MR, NV, 0);                           \
     }                                                                                  \
     TGT static void bwd_##MR##_##NV(const wsr_step* s, int b0, int c, int c1,          \
-                                    const float* pf) {                                 \
-        tile(s, b0, c, c1, pf, MR, NV, 1);                                             \
+                                    const float* pf, const float* next, int rows,      \
+                                    int cols) {                                        \
+        tile(s, b0, c, c1, pf, next, rows, cols, MR, NV, 1);                           \
     }
 #define DEF2(MR) DEF(MR, 1) DEF(MR, 2)
 #define DEF4(MR) DEF2(MR) DEF(MR, 3) DEF(MR, 4)
@@ -163,34 +204,41 @@ static const tile_fn fwd_tab[MR_MAX + 1][NV_MAX + 1] = TABLE(fwd);
 static const tile_fn bwd_tab[MR_MAX + 1][NV_MAX + 1] = TABLE(bwd);
 
 static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1][NV_MAX + 1]) {
-    const int B = s->B;
+    const int B = s->B, H = s->H;
     const int mr0 = B < MR_MAX ? B : MR_MAX;
     /* vectors per tile: enough independent accumulators for the first rows */
     const int nv0 = mr0 >= 5 ? 2 : mr0 >= 3 ? 4 : 8;
-    /* blocks of mr0 rows; a last block of fewer than mr0/2 rows has too few
-     * accumulators, so it shares with the one before (33 rows by 8: 8 + 8 +
-     * 8 + 5 + 4, not 8 + 8 + 8 + 8 + 1) */
-    const int rem = B % mr0;
-    const int split = rem > 0 && rem < mr0 / 2 && B > mr0 ? B - rem - mr0 : B;
+    /* ceil(B / mr0) blocks of rows, as even as they can be: 33 rows are
+     * 7 + 7 + 7 + 6 + 6, not 8 + 8 + 8 + 8 + 1 */
+    const int nb = (B + mr0 - 1) / mr0, base = B / nb, big = B % nb; /* rows: base + 1 x big */
     /* W larger than L2 streams from L3: the last row block of each panel
      * fetches the next panel this call reads into L2, so that the panel's
      * first block finds it there and the L3 traffic spreads over all blocks */
-    const int fetch = s->H >= WSR_PREFETCH_MIN_H && s->in != NULL && nv0 == WSR_NR / VW;
+    const int fetch = H >= WSR_PREFETCH_MIN_H && s->in != NULL && nv0 == WSR_NR / VW;
     for (int c = c0; c < c1; c += VW * nv0) {
         const int left = (c1 - c + VW - 1) / VW;
         const int nv = left < nv0 ? left : nv0;
+        const int cols = c1 - c < VW * nv ? c1 - c : VW * nv;
+        const int c_next = c + VW * nv0; /* the next column strip, if any */
         const float* pf = fetch && c + WSR_NR < c1
-                              ? s->packed + (ptrdiff_t)((c + WSR_NR) / WSR_NR) * s->H * WSR_NR
+                              ? s->packed + (ptrdiff_t)((c + WSR_NR) / WSR_NR) * H * WSR_NR
                               : NULL;
         int b0 = 0;
-        for (; b0 < split; b0 += mr0) {
-            const int mr = B - b0 < mr0 ? B - b0 : mr0;
-            tab[mr][nv](s, b0, c, c1, b0 + mr0 >= B ? pf : NULL);
-        }
-        if (split < B) {
-            const int half = (B - split + 1) / 2;
-            tab[half][nv](s, split, c, c1, NULL);
-            tab[B - split - half][nv](s, split + half, c, c1, pf);
+        for (int i = 0; i < nb; i++) {
+            const int mr = base + (i < big);
+            /* the next tile: the next block of rows, or the next strip's first */
+            const float* next = NULL;
+            int next_rows = 0, next_cols = cols;
+            if (i + 1 < nb) {
+                next = s->out + (ptrdiff_t)(b0 + mr) * H + c;
+                next_rows = base + (i + 1 < big);
+            } else if (c_next < c1) {
+                next = s->out + c_next;
+                next_rows = base + (0 < big);
+                next_cols = c1 - c_next < VW * nv0 ? c1 - c_next : VW * nv0;
+            }
+            tab[mr][nv](s, b0, c, c1, i + 1 == nb ? pf : NULL, next, next_rows, next_cols);
+            b0 += mr;
         }
     }
 }
