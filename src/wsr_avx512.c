@@ -58,7 +58,7 @@ TGT WSR_INLINE __m512 tanh16(__m512 a) {
 /* acc[r][v] += in[r*H + k] * wp[v][k*WSR_NR] for k = k0 .. k1-1, ascending,
  * one fused multiply-add per element and step; with PF, the next panel's row
  * k (pf: two 64-byte lines) is fetched into L2 on the way.  Not unrolled: on
- * AMD Zen 4 four times measured 0.98-1.01x the speed at B = 16-64, H = 256
+ * AMD Zen 4 four times measured 0.98-1.02x the speed at B = 16-64, H = 256
  * and 1024 (one thread), where the AVX2 kernel gained up to 14 % on Zen 3. */
 TGT WSR_INLINE void k_loop(__m512 acc[MR_MAX][NV_MAX], const float* in, const float* const* wp,
                            const float* pf, int k0, int k1, int H, const int MR, const int NV,
@@ -113,7 +113,7 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
          * the next tile: what it would save costs less than the fetch.  So
          * do the tiles of 1-4 rows (NV > 2): with the fetch's second loop
          * their W vectors no longer stayed in registers (GCC 12: every FMA
-         * loaded its own; B = 2, H = 128 took 1.1x the time) */
+         * loaded its own; B = 2, H = 128 took 1.1-1.2x the time) */
         const int late = NV <= 2 && H >= WSR_FETCH_MIN_H && next != NULL ? H - WSR_FETCH_STEPS : H;
         if (pf != NULL)
             k_loop(acc, in, wp, pf, 0, late, H, MR, NV, 1);
