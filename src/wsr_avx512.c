@@ -80,6 +80,17 @@ TGT WSR_INLINE void k_loop(__m512 acc[MR_MAX][NV_MAX], const float* in, const fl
     }
 }
 
+/* k_loop with the panel fetch when there is a panel to fetch (pf not NULL):
+ * the test is made once, and each branch is k_loop with PF a constant */
+TGT WSR_INLINE void k_loop_fetching(__m512 acc[MR_MAX][NV_MAX], const float* in,
+                                    const float* const* wp, const float* pf, int k0, int k1,
+                                    int H, const int MR, const int NV) {
+    if (pf != NULL)
+        k_loop(acc, in, wp, pf, k0, k1, H, MR, NV, 1);
+    else
+        k_loop(acc, in, wp, pf, k0, k1, H, MR, NV, 0);
+}
+
 /* out[b0:b0+MR, c:c+16*NV] (masked to c1); MR, NV, bwd are constants after
  * inlining.  pf: the panel to fetch into L2 meanwhile (the next one this
  * call reads, when W is larger than L2), or NULL.  next: the first element
@@ -115,10 +126,8 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
          * their W vectors no longer stayed in registers (GCC 12: every FMA
          * loaded its own; B = 2, H = 128 took 1.1-1.2x the time) */
         const int late = NV <= 2 && H >= WSR_FETCH_MIN_H && next != NULL ? H - WSR_FETCH_STEPS : H;
-        if (pf != NULL)
-            k_loop(acc, in, wp, pf, 0, late, H, MR, NV, 1);
-        else
-            k_loop(acc, in, wp, pf, 0, late, H, MR, NV, 0);
+        k_loop_fetching(acc, in, wp, pf, 0, late, H, MR, NV);
+        /* NV <= 2, a constant, keeps the second loop out of the other tiles */
         if (NV <= 2 && late < H) {
             const float* next_h = bwd ? s->h + (next - s->out) : NULL;
             for (int r = 0; r < next_rows; r++) {
@@ -132,10 +141,7 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
                     _mm_prefetch((const char*)(h + next_cols - 1), _MM_HINT_T0);
                 }
             }
-            if (pf != NULL)
-                k_loop(acc, in, wp, pf, late, H, H, MR, NV, 1);
-            else
-                k_loop(acc, in, wp, pf, late, H, H, MR, NV, 0);
+            k_loop_fetching(acc, in, wp, pf, late, H, H, MR, NV);
         }
     }
     /* the epilogue: every result first, then every store, so that no load of h
