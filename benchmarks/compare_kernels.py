@@ -30,7 +30,7 @@ import numpy as np
 
 
 def int_list(text):
-    return [int(v) for v in text.split(",")]
+    return [int(v) for v in text.split(",") if v]
 
 
 def load_wsr(tree):
