@@ -6,9 +6,10 @@
  * MR is up to 8; NV is 2 (one panel) for 5 or more rows and grows for fewer
  * rows (4 for 3-4, 8 for 1-2) so that there are always enough independent
  * accumulators to hide the FMA latency.  Columns past H in the last panel
- * are masked off.  Each tile fetches the rows of out (and h) that the next
- * one reads into L1 while it computes, as the AVX2 kernel does.  Layout and
- * invariant: src/wsr_internal.h.
+ * are masked off.  Each tile fetches the rows of out that the next one reads
+ * into L1 while it computes, as the AVX2 kernel does, and backward its own
+ * rows of h shortly before its epilogue reads them.  Layout and invariant:
+ * src/wsr_internal.h.
  *
  * Compiled for AVX-512F by a per-function target attribute (GCC, Clang) and
  * called only when the CPU and OS support it (src/wsr.c); MSVC needs none. */
@@ -24,8 +25,13 @@
 /* the smallest H whose W (H*H floats, 3 MiB at 900) is fetched ahead panel by panel */
 #define WSR_PREFETCH_MIN_H 900
 /* k steps before the end of a tile at which it fetches the next tile's rows,
- * in tiles of at least WSR_FETCH_MIN_H steps */
+ * in tiles of at least WSR_FETCH_MIN_H steps; backward, also its own rows of
+ * h, which its epilogue reads.  h fetched 128 steps ahead, with the next
+ * tile's rows of out, measured as good as not fetched (Zen 4): it was gone
+ * from L1 again by the epilogue; 40 steps ahead the backward at H = 256 and
+ * 512 gained 3-5 % */
 #define WSR_FETCH_STEPS 128
+#define WSR_FETCH_STEPS_BWD 40
 #define WSR_FETCH_MIN_H 256
 
 TGT WSR_INLINE __m512 tanh16(__m512 a) {
@@ -95,9 +101,9 @@ TGT WSR_INLINE void k_loop_fetching(__m512 acc[MR_MAX][NV_MAX], const float* in,
  * inlining.  pf: the panel to fetch into L2 meanwhile (the next one this
  * call reads, when W is larger than L2), or NULL.  next: the first element
  * of the tile run() computes next (its `next_rows` rows H apart, `next_cols`
- * columns), or NULL; its rows of out (and of h backward) are fetched into L1
- * near the end of this tile's k loop, so that they do not stall its first
- * (last) instructions. */
+ * columns), or NULL; its rows of out are fetched into L1 near the end of this
+ * tile's k loop, so that they do not stall its first instructions, and with
+ * them (backward) this tile's rows of h, for its epilogue. */
 TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* pf,
                          const float* next, int next_rows, int next_cols, const int MR,
                          const int NV, const int bwd) {
@@ -125,21 +131,26 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
          * do the tiles of 1-4 rows (NV > 2): with the fetch's second loop
          * their W vectors no longer stayed in registers (GCC 12: every FMA
          * loaded its own; B = 2, H = 128 took 1.1-1.2x the time) */
-        const int late = NV <= 2 && H >= WSR_FETCH_MIN_H && next != NULL ? H - WSR_FETCH_STEPS : H;
+        const int late = NV <= 2 && H >= WSR_FETCH_MIN_H && next != NULL
+                             ? H - (bwd ? WSR_FETCH_STEPS_BWD : WSR_FETCH_STEPS)
+                             : H;
         k_loop_fetching(acc, in, wp, pf, 0, late, H, MR, NV);
         /* NV <= 2, a constant, keeps the second loop out of the other tiles */
         if (NV <= 2 && late < H) {
-            const float* next_h = bwd ? s->h + (next - s->out) : NULL;
+            if (bwd) {
+                /* this tile's own rows of h: its epilogue reads them next */
+                const int cols = c1 - c < VW * NV ? c1 - c : VW * NV;
+                for (int r = 0; r < MR; r++) {
+                    const float* h = s->h + (ptrdiff_t)(b0 + r) * H + c;
+                    _mm_prefetch((const char*)h, _MM_HINT_T0);
+                    _mm_prefetch((const char*)(h + cols - 1), _MM_HINT_T0);
+                }
+            }
             for (int r = 0; r < next_rows; r++) {
                 /* the first and last line of its columns in a row */
                 const float* o = next + (ptrdiff_t)r * H;
                 _mm_prefetch((const char*)o, _MM_HINT_T0);
                 _mm_prefetch((const char*)(o + next_cols - 1), _MM_HINT_T0);
-                if (bwd) {
-                    const float* h = next_h + (ptrdiff_t)r * H;
-                    _mm_prefetch((const char*)h, _MM_HINT_T0);
-                    _mm_prefetch((const char*)(h + next_cols - 1), _MM_HINT_T0);
-                }
             }
             k_loop_fetching(acc, in, wp, pf, late, H, H, MR, NV);
         }
