@@ -26,10 +26,10 @@
 #define WSR_PREFETCH_MIN_H 900
 /* k steps before the end of a tile at which it fetches the next tile's rows,
  * in tiles of at least WSR_FETCH_MIN_H steps; backward, also its own rows of
- * h, which its epilogue reads.  h fetched 128 steps ahead, with the next
- * tile's rows of out, measured as good as not fetched (Zen 4): it was gone
- * from L1 again by the epilogue; 40 steps ahead the backward at H = 256 and
- * 512 gained 3-5 % */
+ * h, which its epilogue reads.  The next tile's rows of h, fetched with its
+ * rows of out, were mostly gone from L1 again by that tile's epilogue, and
+ * a tile's own rows fetched 128 steps ahead gained about 1 %; 40 steps
+ * ahead, the backward at H = 256 and 512 ran 1.02-1.06x as fast (Zen 4) */
 #define WSR_FETCH_STEPS 128
 #define WSR_FETCH_STEPS_BWD 40
 #define WSR_FETCH_MIN_H 256
@@ -103,7 +103,8 @@ TGT WSR_INLINE void k_loop_fetching(__m512 acc[MR_MAX][NV_MAX], const float* in,
  * of the tile run() computes next (its `next_rows` rows H apart, `next_cols`
  * columns), or NULL; its rows of out are fetched into L1 near the end of this
  * tile's k loop, so that they do not stall its first instructions, and with
- * them (backward) this tile's rows of h, for its epilogue. */
+ * them (backward) this tile's rows of h, for its epilogue.  A tile with no
+ * next tile (the last of a call) fetches neither. */
 TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* pf,
                          const float* next, int next_rows, int next_cols, const int MR,
                          const int NV, const int bwd) {
