@@ -362,7 +362,8 @@ def pool_threads(T, B, D, H, K):
     its parallel work on the pool of ``src/wsr.c`` with ``n`` threads: the
     recurrence with one barrier per step, the large products cut into the
     same parts for every n (``src/_pgemm.pxd``), the row loops split by
-    columns (``src/_pcols.pxd``).  The BLAS runs on one thread meanwhile (the
+    columns or, for the sums over rows, into the same runs of rows for every
+    n (``src/_pcols.pxd``).  The BLAS runs on one thread meanwhile (the
     context manager): its own workers, spinning for a while after every
     multi-threaded call, would share the cores with the pool's.  ``n`` is
     the user's setting, or with none the BLAS's own count, or 1 for a small

@@ -302,9 +302,11 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
                          scratch, n_scratch)
             if offs[3 * ld + 2] >= 0:
                 # eq. (6): db = Σ_t δ_t
-                if floating is float and nthreads > 1:
+                if floating is float and packed != NULL:
+                    # in fixed parts of rows, on the pool: the same bits for every
+                    # thread count (_pcols.pxd)
                     pcolumn_sums(<float*>dflat + offs[3 * ld + 2], <const float*>dl, TB, H,
-                                 nthreads)
+                                 <float*>scratch, n_scratch, nthreads)
                 else:
                     column_sums(dflat + offs[3 * ld + 2], dl, TB, H)
             # each sequence's first step in this direction's order: t = 0
@@ -334,9 +336,11 @@ cdef inline void stack_backward(floating* delta, const floating* hs, const float
             # eq. (6): dU = δ.T @ X
             if k == 0 and xi != NULL:
                 # an id's one-hot column: dU[:, i] += δ row, scattered
-                if floating is float and nthreads > 1 and dUT != NULL:
-                    # the same, split by columns on the pool: the same bits (_pcols.pxd)
-                    pscatter(<float*>dU, <float*>dUT, <const float*>dl, xi, TB, H, D, nthreads)
+                if floating is float and packed != NULL and dUT != NULL:
+                    # the same, in fixed parts of rows, on the pool: the same bits
+                    # for every thread count (_pcols.pxd)
+                    pscatter(<float*>dU, <float*>dUT, <const float*>dl, xi, TB, H, D,
+                             <float*>scratch, n_scratch, nthreads)
                 elif dUT != NULL:
                     memset(dUT, 0, <Py_ssize_t>D * H * sizeof(floating))
                     for r in range(TB):

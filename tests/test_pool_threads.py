@@ -37,8 +37,8 @@ def model_results(model, x, y, **kw):
                      g.b, g.c, g.h0, g.x, g.h_last])
 
 
-@pytest.mark.parametrize("case", ["ids", "floats-ragged-h0", "two-layers-bidirectional-relu",
-                                  "batch-one"])
+@pytest.mark.parametrize("case", ["ids", "ids-small-vocab", "floats-ragged-h0",
+                                  "two-layers-bidirectional-relu", "batch-one"])
 def test_model_pass_bit_identical_for_every_thread_count(case):
     rng = np.random.default_rng(3)
     T, B, D, H, K = 20, 16, 200, 160, 200
@@ -51,6 +51,11 @@ def test_model_pass_bit_identical_for_every_thread_count(case):
         model = rnn_ext.RNN(D, H, K, seed=4)
         x = rng.integers(0, D, size=(T, B))
     elif case == "ids":
+        model = rnn_ext.RNN(D, H, K, seed=1)
+        x = rng.integers(0, D, size=(T, B))
+    elif case == "ids-small-vocab":
+        # D <= H: dU's scatter-add runs in two parts of rows too (src/_pcols.pxd)
+        D = K = 65
         model = rnn_ext.RNN(D, H, K, seed=1)
         x = rng.integers(0, D, size=(T, B))
     elif case == "floats-ragged-h0":
@@ -105,6 +110,28 @@ def test_weight_gradients_cut_along_the_rows_are_the_whole_sums():
             got = layer.backward(layer.forward(x), d_out)
         for name, g64 in want.params.items():
             g = got.params[name]
+            assert np.max(np.abs(g - g64)) <= 2e-5 * np.max(np.abs(g64)), (name, n)
+
+
+@pytest.mark.parametrize("T, B", [(20, 16), (3, 64), (200, 1)])
+def test_bias_and_id_gradients_summed_in_parts_are_the_whole_sums(T, B):
+    """db and the ids' dU are sums over all T·B rows; from 128 rows on they are
+    summed in two runs of rows, then added (src/_pcols.pxd).  Against the
+    float64 pass's whole sums, to float32 rounding, for every thread count;
+    (200, 1) has its 200 rows in parts at B = 1."""
+    rng = np.random.default_rng(11)
+    D, H, K = 65, 160, 65
+    model = rnn_ext.RNN(D, H, K, seed=12)
+    model64 = rnn_ext.RNN(D, H, K, dtype=np.float64, seed=12)
+    model64.set_params({k: v.astype(np.float64) for k, v in model.params.items()})
+    x = rng.integers(0, D, size=(T, B))
+    y = rng.integers(0, K, size=(T, B))
+    want = model64.loss_and_grad(x, y)[1]
+    for n in COUNTS:
+        with rnn_ext.threads(n):
+            got = model.loss_and_grad(x, y)[1]
+        for name in ("U", "b"):
+            g, g64 = getattr(got, name), getattr(want, name)
             assert np.max(np.abs(g - g64)) <= 2e-5 * np.max(np.abs(g64)), (name, n)
 
 
