@@ -8,6 +8,8 @@ from libc.string cimport memset
 cdef extern from "_fastmath.h" nogil:
     void rnn_ext_tanhf_inplace(float* a, Py_ssize_t n)
     void rnn_ext_expf_shift_inplace(float* z, Py_ssize_t n, float m)
+    void rnn_ext_transpose_f(float* out, const float* A, Py_ssize_t rows, Py_ssize_t cols)
+    void rnn_ext_transpose_d(double* out, const double* A, Py_ssize_t rows, Py_ssize_t cols)
     bint RNN_EXT_HAVE_CLONES
 
 
@@ -62,15 +64,9 @@ cdef inline void column_sums(floating* out, const floating* A, Py_ssize_t rows,
 
 cdef inline void transpose(floating* out, const floating* A, Py_ssize_t rows,
                            Py_ssize_t cols) noexcept nogil:
-    """out := A.T for a row-major (rows, cols) A; out is (cols, rows).  Blocked
-    so both sides stay in cache; the inner loop writes contiguously (writes a
-    power-of-two stride apart all land in one cache set: 4x slower at
-    rows = 1024)."""
-    cdef Py_ssize_t i0, j0, i, j, i1, j1
-    for i0 in range(0, rows, 32):
-        i1 = min(i0 + 32, rows)
-        for j0 in range(0, cols, 32):
-            j1 = min(j0 + 32, cols)
-            for j in range(j0, j1):
-                for i in range(i0, i1):
-                    out[j * rows + i] = A[i * cols + j]
+    """out := A.T for a row-major (rows, cols) A; out is (cols, rows)
+    (src/_fastmath.h: blocked, and a function of its own)."""
+    if floating is float:
+        rnn_ext_transpose_f(out, A, rows, cols)
+    else:
+        rnn_ext_transpose_d(out, A, rows, cols)

@@ -70,3 +70,26 @@ def test_float32_softmax_within_a_few_ulp(spread):
     # and division
     allowed = (np.abs(z - z.max(-1, keepdims=True))[big] + 8) * 2.0**-23
     assert np.all(rel <= allowed)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 6, 7, 8, 9, 65])
+def test_float32_softmax_finds_the_max_wherever_it_is(K):
+    # the softmax takes each row's max in four interleaved runs (src/_output.pxd);
+    # a max it missed would leave exp(z - max) overflowing at logits this far apart
+    for where in range(K):
+        z = np.linspace(-1000.0, -900.0, K)
+        z[where] = 1000.0
+        m = rnn_ext.RNN(1, 1, K, bias=False, nonlinearity="relu", dtype=np.float32)
+        m.U = np.ones((1, 1))
+        m.W = np.zeros((1, 1))
+        m.V = z.reshape(K, 1)
+        x = np.zeros((1, 1), dtype=np.int64)
+        y = np.full((1, 1), (where + 1) % K)
+        probs = m.forward(x).probs.ravel()
+        assert probs[where] == 1
+        # the others at the exp(-87) floor of src/_fastmath.h, ~1.6e-38
+        assert np.all(np.delete(probs, where) < 1e-37)
+        loss, g = m.loss_and_grad(x, y)
+        # -log p_y = logsumexp(z) - z_y = 1000 - z_y (the others are e^-1900 below)
+        assert loss == pytest.approx(1000.0 - z[(where + 1) % K], rel=1e-6) if K > 1 else loss == 0
+        assert np.all(np.isfinite(g.V))
