@@ -8,8 +8,10 @@ from libc.string cimport memset
 cdef extern from "_fastmath.h" nogil:
     void rnn_ext_tanhf_inplace(float* a, Py_ssize_t n)
     void rnn_ext_expf_shift_inplace(float* z, Py_ssize_t n, float m)
-    void rnn_ext_transpose_f(float* out, const float* A, Py_ssize_t rows, Py_ssize_t cols)
-    void rnn_ext_transpose_d(double* out, const double* A, Py_ssize_t rows, Py_ssize_t cols)
+    void rnn_ext_transpose_f(float* out, Py_ssize_t ldo, const float* A, Py_ssize_t lda,
+                             Py_ssize_t rows, Py_ssize_t cols)
+    void rnn_ext_transpose_d(double* out, Py_ssize_t ldo, const double* A, Py_ssize_t lda,
+                             Py_ssize_t rows, Py_ssize_t cols)
     bint RNN_EXT_HAVE_CLONES
 
 
@@ -66,7 +68,15 @@ cdef inline void transpose(floating* out, const floating* A, Py_ssize_t rows,
                            Py_ssize_t cols) noexcept nogil:
     """out := A.T for a row-major (rows, cols) A; out is (cols, rows)
     (src/_fastmath.h: blocked, and a function of its own)."""
+    transpose_block(out, rows, A, cols, rows, cols)
+
+
+cdef inline void transpose_block(floating* out, Py_ssize_t ldo, const floating* A,
+                                 Py_ssize_t lda, Py_ssize_t rows,
+                                 Py_ssize_t cols) noexcept nogil:
+    """out := A.T for a (rows, cols) A whose rows are lda apart; out's rows
+    are ldo apart (src/_fastmath.h: blocked, and a function of its own)."""
     if floating is float:
-        rnn_ext_transpose_f(out, A, rows, cols)
+        rnn_ext_transpose_f(out, ldo, A, lda, rows, cols)
     else:
-        rnn_ext_transpose_d(out, A, rows, cols)
+        rnn_ext_transpose_d(out, ldo, A, lda, rows, cols)

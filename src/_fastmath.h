@@ -90,7 +90,8 @@ static void rnn_ext_expf_shift_inplace(float *z, ptrdiff_t n, float m) {
     for (ptrdiff_t i = 0; i < n; i++) z[i] = rnn_ext_expf1(z[i] - m);
 }
 
-/* out := A.T for a row-major (rows, cols) A; out is (cols, rows).  Blocks of
+/* out := A.T for a row-major (rows, cols) A, rows lda apart; out is (cols,
+ * rows), rows ldo apart.  Blocks of
  * 32 x 32, so that both sides stay in cache, each written row by row (writes
  * a power-of-two stride apart all land in one cache set: 4x slower at rows =
  * 1024).  A function of its own, never inlined: inlined into a pass's large
@@ -101,13 +102,14 @@ static void rnn_ext_expf_shift_inplace(float *z, ptrdiff_t n, float m) {
 #define RNN_EXT_NOINLINE __attribute__((noinline))
 #endif
 #define RNN_EXT_TRANSPOSE(name, type)                                                     \
-    static RNN_EXT_NOINLINE void name(type *out, const type *A, ptrdiff_t rows, ptrdiff_t cols) {          \
+    static RNN_EXT_NOINLINE void name(type *out, ptrdiff_t ldo, const type *A, ptrdiff_t lda, \
+                                      ptrdiff_t rows, ptrdiff_t cols) {                   \
         for (ptrdiff_t i0 = 0; i0 < rows; i0 += 32) {                                     \
             const ptrdiff_t i1 = i0 + 32 < rows ? i0 + 32 : rows;                         \
             for (ptrdiff_t j0 = 0; j0 < cols; j0 += 32) {                                 \
                 const ptrdiff_t j1 = j0 + 32 < cols ? j0 + 32 : cols;                     \
                 for (ptrdiff_t j = j0; j < j1; j++)                                       \
-                    for (ptrdiff_t i = i0; i < i1; i++) out[j * rows + i] = A[i * cols + j]; \
+                    for (ptrdiff_t i = i0; i < i1; i++) out[j * ldo + i] = A[i * lda + j]; \
             }                                                                             \
         }                                                                                 \
     }

@@ -17,7 +17,7 @@
 # callers keep the serial loops otherwise.
 from libc.string cimport memcpy, memset
 
-from _elementwise cimport add_column_sums, add_row, transpose
+from _elementwise cimport add_column_sums, add_row, transpose_block
 from _pgemm cimport block_start, rnn_ext_parallel
 
 
@@ -65,16 +65,14 @@ cdef inline void col_span(Py_ssize_t cols, int i, int n, Py_ssize_t* j0,
 
 cdef inline void col_part(void* ctx, int i, int n) noexcept nogil:
     cdef ColTask* t = <ColTask*>ctx
-    cdef Py_ssize_t j0, j1, r, j, d, w
+    cdef Py_ssize_t j0, j1, r, d, w
     cdef int p
-    cdef float v
     if t.kind == TRANSPOSE:
         # out (cols, rows) := src (rows, cols).T; this thread: out's columns
         # j0..j1, i.e. src's rows j0..j1
         col_span(t.rows, i, n, &j0, &j1)
-        for d in range(t.cols):
-            for j in range(j0, j1):
-                t.out[d * t.rows + j] = t.src[j * t.cols + d]
+        if j1 > j0:
+            transpose_block(t.out + j0, t.rows, t.src + j0 * t.cols, t.cols, j1 - j0, t.cols)
         return
     col_span(t.cols, i, n, &j0, &j1)
     w = j1 - j0
@@ -90,13 +88,13 @@ cdef inline void col_part(void* ctx, int i, int n) noexcept nogil:
                 memcpy(t.out + r * t.cols + j0, t.src + t.ids[r] * t.cols + j0,
                        w * sizeof(float))
     elif t.kind == SCATTER:
-        # out (cols, D) := (Σ_p part p's buffer).T, the parts in order
-        for j in range(j0, j1):
+        # out (cols, D) := (Σ_p part p's buffer).T: the other parts added to
+        # part 0's in order, then this thread's columns transposed
+        for p in range(1, t.parts):
             for d in range(t.D):
-                v = t.scratch[d * t.cols + j]
-                for p in range(1, t.parts):
-                    v = v + t.extra[(p - 1) * t.D * t.cols + d * t.cols + j]
-                t.out[j * t.D + d] = v
+                add_row(t.scratch + d * t.cols + j0,
+                        t.extra + ((p - 1) * t.D + d) * t.cols + j0, w)
+        transpose_block(t.out + j0 * t.D, t.D, t.scratch + j0, t.cols, t.D, w)
     else:
         # out += parts 1 .. parts-1, in order
         for p in range(1, t.parts):
@@ -165,11 +163,9 @@ cdef inline void run_sum(ColTask* t, Py_ssize_t size, float* extra, Py_ssize_t n
     t.parts = sum_parts(t.rows, size, n_extra if extra != NULL else 0)
     if nthreads <= 1:
         # on the calling thread, without the pool's dispatch (a pass at B = 1
-        # is ~100 µs); the blocked transpose where there is nothing to add
+        # is ~100 µs)
         sum_part(t, 0, 1)
-        if t.kind == SCATTER and t.parts == 1:
-            transpose(t.out, t.scratch, t.D, t.cols)
-        elif t.kind == SCATTER or t.parts > 1:
+        if t.kind == SCATTER or t.parts > 1:
             col_part(t, 0, 1)
         return
     rnn_ext_parallel(sum_part, t, nthreads)
