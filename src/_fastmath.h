@@ -91,11 +91,11 @@ static void rnn_ext_expf_shift_inplace(float *z, ptrdiff_t n, float m) {
 }
 
 /* out := A.T for a row-major (rows, cols) A, rows lda apart; out is (cols,
- * rows), rows ldo apart.  Blocks of
- * 32 x 32, so that both sides stay in cache, each written row by row (writes
- * a power-of-two stride apart all land in one cache set: 4x slower at rows =
- * 1024).  A function of its own, never inlined: inlined into a pass's large
- * function, its inner loop kept its counters on the stack (GCC 12). */
+ * rows), rows ldo apart.  Blocks of 32 x 32, so that both sides stay in
+ * cache, each written row by row (writes a power-of-two stride apart all land
+ * in one cache set: 4x slower at rows = 1024).  A function of its own, never
+ * inlined: inlined into a pass's large function, its inner loop kept its
+ * counters on the stack (GCC 12). */
 #if defined(_MSC_VER) && !defined(__clang__)
 #define RNN_EXT_NOINLINE __declspec(noinline)
 #else

@@ -12,9 +12,9 @@
 # results are the same bits for every thread count (also 1).  With two
 # threads each takes one part, every column: each reads whole rows, where
 # split by columns each read half of every row (two threads, T = 100, B = 64,
-# H = 512, AMD Zen 4: the two sums took ~2.5x the CPU time, about 3 % of a
-# whole loss_and_grad).  float32 only (the pool runs float32 passes); the
-# callers keep the serial loops otherwise.
+# H = 512, AMD Zen 4: split by columns the two sums took about 3.7x the CPU
+# time, and a whole loss_and_grad 2-3 % longer).  float32 only (the pool
+# runs float32 passes); the callers keep the serial loops otherwise.
 from libc.string cimport memcpy, memset
 
 from _elementwise cimport add_column_sums, add_row, transpose_block
