@@ -326,7 +326,7 @@ def head_pass(floating[:, ::1] Z not None, const floating[:, ::1] F not None,
             total = squared_error(pZ, pys, plen, N, B, K, <floating>scale, mode)
         if mode == DZ:
             output_backward(pZ, pF, <const floating*>NULL, pV, pdV, pdc, pdF,
-                            <floating*>NULL, N, P, K, 1)
+                            <floating*>NULL, N, P, K, <floating*>NULL, 0, 1)
     return total
 
 
@@ -360,7 +360,11 @@ cdef double run_model(floating* hs, floating* Z, const floating* xf, const Py_ss
     output_forward(Z, F0, F1, V, c, TB, H, K, nthreads)
     total = softmax_loss(Z, yi, ys, lengths, TB, B, K, ignore_index, scale, mode)
     if mode == DZ:
-        output_backward(Z, F0, F1, V, dV, dc, dF0, dF1, TB, H, K, nthreads)
+        # dV's scratch: the packed panels, free between the two recurrences
+        output_backward(Z, F0, F1, V, dV, dc, dF0, dF1, TB, H, K,
+                        <floating*>packed if floating is float else NULL,
+                        <Py_ssize_t>rnn_ext_wsr_packed_size(H) if packed != NULL else 0,
+                        nthreads)
     if what == W_FULL:
         stack_backward(delta, hs, xf, xi, flat, offs, masks, xin, <const floating*>NULL,
                        dflat, dx, dh0, dUT, G, dX, lengths, T, B, D, H, L, dirs, relu,

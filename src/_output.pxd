@@ -9,7 +9,7 @@ from libc.math cimport exp, log
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemv
-from _pgemm cimport pgemm
+from _pgemm cimport pgemm, pgemm_tn_sum
 from _elementwise cimport rnn_ext_expf_shift_inplace, column_sums
 
 # What a loss kernel leaves in Z.
@@ -46,17 +46,20 @@ cdef inline void output_forward(floating* Z, const floating* F0, const floating*
 cdef inline void output_backward(const floating* dZ, const floating* F0,
                                  const floating* F1, const floating* V, floating* dV,
                                  floating* dc, floating* dF0, floating* dF1, Py_ssize_t N,
-                                 int P, int K, int nthreads) noexcept nogil:
+                                 int P, int K, floating* scratch, Py_ssize_t n_scratch,
+                                 int nthreads) noexcept nogil:
     """Eq. (4) and the features' gradient.  Overwrites its outputs.
 
     dZ is (N, K); F0, F1, V as in output_forward; dV (K, parts*P); dc (K,) or NULL;
-    dF0 (and dF1 with two parts) (N, P) receive dL/dF, or are NULL; nthreads as there
+    dF0 (and dF1 with two parts) (N, P) receive dL/dF, or are NULL; scratch: n_scratch
+    free elements for dV's sum in parts (pgemm_tn_sum), or NULL; nthreads as there
     """
     cdef int e, parts = 1 if F1 == NULL else 2
     for e in range(parts):
-        # eq. (4): dV = dZ.T @ F, one column block per part
-        pgemm(nthreads, c'T', c'N', K, P, <int>N, 1, dZ, K, F0 if e == 0 else F1, P, 0,
-              dV + e * P, parts * P)
+        # eq. (4): dV = dZ.T @ F, one column block per part, a weight gradient
+        # summed over the N rows (src/_pgemm.pxd)
+        pgemm_tn_sum(nthreads, K, P, <int>N, dZ, K, F0 if e == 0 else F1, P, dV + e * P,
+                     parts * P, scratch, n_scratch)
         if dF0 != NULL:
             # forward: z = f @ V.T + c  ->  df = dz @ V
             pgemm(nthreads, c'N', c'N', <int>N, P, K, 1, dZ, K, V + e * P, parts * P, 0,

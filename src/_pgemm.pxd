@@ -21,6 +21,8 @@ from _elementwise cimport add_row
 cdef extern from "wsr.h" nogil:
     ctypedef void (*rnn_ext_task_fn)(void* ctx, int i, int n) noexcept nogil
     void rnn_ext_parallel(rnn_ext_task_fn fn, void* ctx, int nthreads)
+    int rnn_ext_wsr_gemm_tn(int M, int N, int K, const float* A, ptrdiff_t lda, const float* B,
+                            ptrdiff_t ldb, float* C, ptrdiff_t ldc)
 
 
 # Products below this many flops run on the calling thread: splitting them
@@ -120,7 +122,9 @@ cdef inline void pgemm(int nthreads, char ta, char tb, int M, int N, int K, floa
 # the whole of the other operand (K rows), so such a product is cut along K
 # instead: PGEMM_PARTS fixed runs of whole 32-row blocks, part 0 into C, the
 # others into scratch, then C += each in turn.  The same parts and the same
-# final sums whatever the thread count (also 1), so the same bits.
+# final sums whatever the thread count (also 1), so the same bits.  In
+# float32 each part is the recurrence path's own weight-gradient kernel where
+# it has one for the shape (src/wsr.h: rnn_ext_wsr_gemm_tn), else the BLAS.
 
 cdef struct SumTask:
     bint dbl
@@ -145,7 +149,9 @@ cdef inline void sum_piece(const SumTask* g, int p) noexcept nogil:
     if g.dbl:
         gemm(c'T', c'N', g.M, g.N, hi - lo, 1.0, <const double*>A, g.lda, <const double*>B,
              g.ldb, 0.0, <double*>C, ldc)
-    else:
+    elif not rnn_ext_wsr_gemm_tn(g.M, g.N, hi - lo, <const float*>A, g.lda, <const float*>B,
+                                 g.ldb, <float*>C, ldc):
+        # the recurrence's path has no weight-gradient kernel: the BLAS
         gemm(c'T', c'N', g.M, g.N, hi - lo, <float>1, <const float*>A, g.lda,
              <const float*>B, g.ldb, <float>0, <float*>C, ldc)
 

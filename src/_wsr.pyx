@@ -31,6 +31,8 @@ cdef extern from "wsr.h" nogil:
                               int relu, int nthreads)
     const char* rnn_ext_wsr_path()
     int rnn_ext_wsr_set_path(const char* name)
+    int rnn_ext_wsr_gemm_tn(int M, int N, int K, const float* A, ptrdiff_t lda, const float* B,
+                            ptrdiff_t ldb, float* C, ptrdiff_t ldc)
 
 cdef extern from "wsr_internal.h" nogil:
     int rnn_ext_wsr_supported(const char* name)
@@ -214,6 +216,30 @@ def backward(W, delta, hs, reverse=False, lengths=None, relu=False, int nthreads
     _check_hs(hs)
     _check_W(W, hs.shape[2])
     backward_packed(pack(W)[1], delta, hs, reverse, lengths, relu, nthreads)
+
+
+def gemm_tn(A, B):
+    """A.T @ B by the path's weight-gradient kernel, or None when the path has none.
+
+    A : ndarray of shape (K, M), float32; B : ndarray of shape (K, N), float32, both
+    C-contiguous.  Returns a new (M, N) float32 array (src/wsr.h: rnn_ext_wsr_gemm_tn).
+    """
+    _check_array("A", A, 2)
+    _check_array("B", B, 2)
+    if A.shape[0] != B.shape[0]:
+        raise ValueError(f"A and B must have as many rows, got {A.shape} and {B.shape}")
+    cdef int K = A.shape[0], M = A.shape[1], N = B.shape[1]
+    C = np.empty((M, N), dtype=np.float32)
+    if M == 0 or N == 0:
+        return C
+    cdef const float[:, ::1] a = A
+    cdef const float[:, ::1] b = B
+    cdef float[:, ::1] c = C
+    cdef int done
+    with nogil:
+        done = rnn_ext_wsr_gemm_tn(M, N, K, &a[0, 0] if K > 0 else NULL, M,
+                                   &b[0, 0] if K > 0 else NULL, N, &c[0, 0], N)
+    return C if done else None
 
 
 def path():

@@ -284,7 +284,7 @@ TGT void rnn_ext_wsr_transpose_avx2(const float* src, ptrdiff_t lds, int kn, flo
 static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, fwd_tab); }
 static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab); }
 
-const wsr_kernels rnn_ext_wsr_avx2 = {"avx2", forward, backward, rnn_ext_wsr_transpose_avx2};
+const wsr_kernels rnn_ext_wsr_avx2 = {"avx2", forward, backward, rnn_ext_wsr_transpose_avx2, NULL};
 
 #else
 typedef int rnn_ext_wsr_avx2_unused; /* not an x86-64 build: an empty unit */

@@ -82,11 +82,16 @@ typedef void (*wsr_kernel_fn)(const wsr_step* s, int c0, int c1);
  * pack_panels) */
 typedef void (*wsr_transpose_fn)(const float* src, ptrdiff_t lds, int kn, float* dst);
 
+/* C = A.T @ B over all K rows (a weight gradient; wsr.h: rnn_ext_wsr_gemm_tn) */
+typedef void (*wsr_gemm_tn_fn)(int M, int N, int K, const float* A, ptrdiff_t lda,
+                               const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc);
+
 typedef struct wsr_kernels {
     const char* name;
     wsr_kernel_fn forward;   /* out = f(out + in @ Wf) */
     wsr_kernel_fn backward;  /* out = (out + in @ Wf) * f'(h) */
     wsr_transpose_fn transpose; /* or NULL: pack_panels' scalar loop */
+    wsr_gemm_tn_fn gemm_tn;  /* or NULL: the caller's BLAS */
 } wsr_kernels;
 
 /* 1 when this build has the path `name` and the CPU can run it, else 0

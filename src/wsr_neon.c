@@ -176,7 +176,7 @@ static void run(const wsr_step* s, int c0, int c1, const tile_fn tab[MR_MAX + 1]
 static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, fwd_tab); }
 static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab); }
 
-const wsr_kernels rnn_ext_wsr_neon = {"neon", forward, backward, NULL};
+const wsr_kernels rnn_ext_wsr_neon = {"neon", forward, backward, NULL, NULL};
 
 #else
 typedef int rnn_ext_wsr_neon_unused; /* not an aarch64 build: an empty unit */

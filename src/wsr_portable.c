@@ -61,4 +61,4 @@ static void run(const wsr_step* s, int c0, int c1, int bwd) {
 static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, 0); }
 static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, 1); }
 
-const wsr_kernels rnn_ext_wsr_portable = {"portable", forward, backward, NULL};
+const wsr_kernels rnn_ext_wsr_portable = {"portable", forward, backward, NULL, NULL};
