@@ -49,7 +49,7 @@ venv_pytest() {
 }
 run_py() { venv_py "$venv" "$@"; }
 recurrence_tests=("$ROOT/tests/test_wsr.py" "$ROOT/tests/test_pool_threads.py"
-                  "$ROOT/tests/test_short_path.py")
+                  "$ROOT/tests/test_short_path.py" "$ROOT/tests/test_gemm_tn.py")
 read -r -a paths <<< "$(run_py -c 'from rnn_ext import _wsr; print(*_wsr.available_paths())')"
 auto="$(run_py -c 'from rnn_ext import _wsr; print(_wsr.path())')"
 echo "paths supported here: ${paths[*]}; automatic choice: $auto"
