@@ -213,12 +213,11 @@ int rnn_ext_wsr_gemm_tn(int M, int N, int K, const float* A, ptrdiff_t lda, cons
                         ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
     const wsr_gemm_tn_fn f = path_kernels(current_path())->gemm_tn;
     /* where it gains (one thread, Intel Xeon with AVX-512, GFLOP/s against
-     * OpenBLAS's): a few dozen rows (K = 3200, M = 65, N = 512: 108-121 against
-     * 82-85) and C up to 512 x 512 (M = N = 512: 112-117 against 107-109); not
-     * for a wider C, whose rows of A lie 4 KiB apart (M = 1024, N = 256: 104
-     * against 112; M = N = 1024: 93 against 117) */
-    if (f == NULL || M <= 0 || N <= 0 || (size_t)M * (size_t)N > WSR_GEMM_TN_MAX ||
-        (M > 128 && (M > 512 || N > 512)))
+     * OpenBLAS's): a few dozen rows (K = 3200, M = 65, N = 512: 114-121 against
+     * 82-85), M = N = 512 (122-127 against 107-109), M = 256, N = 1024 (124
+     * against 115); not with more rows, 4 KiB apart in A (K = 1600, M = 1024:
+     * N = 256, 68 against 112; N = 1024, 106 against 117) */
+    if (f == NULL || M <= 0 || N <= 0 || M > 512 || (size_t)M * (size_t)N > WSR_GEMM_TN_MAX)
         return 0;
     f(M, N, K, A, lda, B, ldb, C, ldc);
     return 1;

@@ -111,9 +111,8 @@ const char* rnn_ext_wsr_path(void);      /* "avx512", "avx2", "neon" or "portabl
 /* C := A.T @ B, row-major: A (K x M, row stride lda), B (K x N, ldb), C (M x N, ldc), with
    K the long side (a weight gradient over all T*B rows).  Each element of C is one chain of
    fused multiply-adds over k = 0 .. K-1, ascending.  Returns 1, or 0 without touching C
-   when the path in use has no such kernel or the shape is one it does not take: C larger
-   than 2^18 floats, or M > 128 with M or N above 512 (then the caller multiplies with its
-   BLAS). */
+   when the path in use has no such kernel or the shape is one it does not take: M > 512
+   or C larger than 2^18 floats (then the caller multiplies with its BLAS). */
 int rnn_ext_wsr_gemm_tn(int M, int N, int K, const float* A, ptrdiff_t lda, const float* B,
                         ptrdiff_t ldb, float* C, ptrdiff_t ldc);
 int rnn_ext_wsr_set_path(const char*);   /* force a path (0 ok, -1 unknown/unsupported) */
