@@ -206,20 +206,143 @@ int rnn_ext_wsr_supported(const char* name) {
     return p >= 0 && path_supported(p);
 }
 
+/* ------------------------------------------------------------------------
+ * weight gradients: C = A.T @ B over all T*B rows (K of them)
+ *
+ * BLIS's loops with one operand left in place: K in blocks of TN_KC rows;
+ * per block, each panel of 32 columns of B is copied into a contiguous 16 KiB
+ * buffer (it stays in L1 while every tile of rows reads it), and each tile
+ * (up to 8 rows of C by the path's strip of columns: src/wsr_internal.h,
+ * wsr_tn_tile_fn) broadcasts its elements of A's row k straight from A, so A
+ * is never packed.  OpenBLAS packs both: at T*B = 6400, M = N = 512 it spent
+ * 28 % of the product's time copying (Intel Xeon, one thread).  While a panel
+ * computes, its tiles fetch into L2 the next block's rows of B in its columns
+ * and a share of the next block's rows of A (strided rows no hardware
+ * prefetcher follows).  C goes in column groups of at most TN_C_BYTES, so
+ * that a group's C stays in L2 over all the blocks.  Every element of C is
+ * one chain of fused multiply-adds over k = 0 .. K-1, ascending (between
+ * blocks the chain's value waits in C, which rounds nothing). */
+
+#define TN_KC 128
+#define TN_C_BYTES ((size_t)1 << 20)
 /* the largest C (in floats) rnn_ext_wsr_gemm_tn computes */
 #define WSR_GEMM_TN_MAX ((size_t)1 << 18)
 
+#if defined(_MSC_VER) && !defined(__clang__)
+#if WSR_X86_64
+#include <intrin.h>
+#define TN_FETCH_L2(p) _mm_prefetch((const char*)(p), _MM_HINT_T1)
+#else
+#define TN_FETCH_L2(p) ((void)(p))
+#endif
+#else
+#define TN_FETCH_L2(p) __builtin_prefetch((p), 0, 2)
+#endif
+
+/* line j of what a panel fetches for the next block: first the rows of B in
+ * its columns (cols of them; 2 lines a row), then its share of A's rows */
+static void tn_fetch(const float* B, ptrdiff_t ldb, int n0, int cols, int b_rows,
+                     const float* A, ptrdiff_t lda, int a_lines, int j) {
+    const int per = cols > 16 ? 2 : 1;
+    if (j < b_rows * per) {
+        TN_FETCH_L2(B + (j / per) * ldb + n0 + 16 * (j % per));
+    } else {
+        j -= b_rows * per;
+        TN_FETCH_L2((const char*)(A + (j / a_lines) * lda) + 64 * (j % a_lines));
+    }
+}
+
+static void gemm_tn(const wsr_tn_tiles* t, int M, int N, int K, const float* A, ptrdiff_t lda,
+                    const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
+    /* the panel, on a 64-byte line: the tiles' vector loads never split */
+    float Bp_raw[TN_KC * WSR_NR + 16];
+    float* Bp = Bp_raw + ((64 - (uintptr_t)Bp_raw % 64) % 64) / sizeof(float);
+    if (K <= 0) {
+        for (int r = 0; r < M; r++) memset(C + r * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    /* ceil(M / mr_max) tiles of rows, as even as they can be (65 rows, 8 at most:
+     * 2 x 8 + 7 x 7) */
+    const int nb = (M + t->mr_max - 1) / t->mr_max, base = M / nb, big = M % nb;
+    const int strip = t->strip, strips = WSR_NR / strip;
+    int nc = (int)(TN_C_BYTES / ((size_t)M * sizeof(float))) / WSR_NR * WSR_NR;
+    nc = nc < WSR_NR ? WSR_NR : nc;
+    const int a_lines = (int)(((size_t)M * sizeof(float) + 63) / 64);
+    for (int j0 = 0; j0 < N; j0 += nc) {
+        const int j1 = N - j0 < nc ? N : j0 + nc;
+        const int panels = (j1 - j0 + WSR_NR - 1) / WSR_NR;
+        for (int k0 = 0; k0 < K; k0 += TN_KC) {
+            const int kc = K - k0 < TN_KC ? K - k0 : TN_KC;
+            /* the next block of K, or the next group's first */
+            const int last = k0 + kc >= K;
+            const int has_next = !last || j1 < N;
+            const int k_next = last ? 0 : k0 + kc;
+            const int rows_next = K - k_next < TN_KC ? K - k_next : TN_KC;
+            for (int pi = 0; pi < panels; pi++) {
+                const int n0 = j0 + pi * WSR_NR;
+                const int cols = j1 - n0 < WSR_NR ? j1 - n0 : WSR_NR;
+                /* the panel, zero past N */
+                t->pack(B + k0 * ldb + n0, ldb, kc, cols, Bp);
+                /* what this panel fetches: the next block's rows of B in its
+                 * columns (in the next group, the panel as far into it), and a
+                 * 1/panels share of the next block's rows of A */
+                const int nn0 = last ? j1 + pi * WSR_NR : n0;
+                const int ncols = has_next && nn0 < N ? (N - nn0 < WSR_NR ? N - nn0 : WSR_NR) : 0;
+                const int a0 = rows_next * pi / panels, a1 = rows_next * (pi + 1) / panels;
+                const float* Bn = B + (ptrdiff_t)k_next * ldb;
+                const float* An = A + (ptrdiff_t)(k_next + a0) * lda;
+                const int b_rows = ncols > 0 ? rows_next : 0;
+                const int lines =
+                    b_rows * (ncols > 16 ? 2 : 1) + (has_next ? (a1 - a0) * a_lines : 0);
+                const int tiles = nb * strips;
+                int fetched = 0, ti = 0;
+                for (int si = 0; si < strips; si++) {
+                    const int c0 = si * strip;
+                    if (c0 >= cols) break;
+                    const int scols = cols - c0 < strip ? cols - c0 : strip;
+                    int r0 = 0;
+                    for (int i = 0; i < nb; i++, ti++) {
+                        const int mr = base + (i < big);
+                        for (const int upto = (int)((long long)lines * (ti + 1) / tiles);
+                             fetched < upto; fetched++)
+                            tn_fetch(Bn, ldb, nn0, ncols, b_rows, An, lda, a_lines, fetched);
+                        /* the next tile's C: the next rows, or the next strip's or
+                         * panel's first (read unless this is the first block,
+                         * which only writes C) */
+                        const float* next = NULL;
+                        int next_rows = 0;
+                        if (k0 > 0 || !last) {
+                            if (i + 1 < nb) {
+                                next = C + (r0 + mr) * ldc + n0 + c0;
+                                next_rows = base + (i + 1 < big);
+                            } else if (c0 + strip < cols || pi + 1 < panels) {
+                                next = C + n0 + c0 + strip;
+                                next_rows = base + (0 < big);
+                            }
+                        }
+                        t->tile[mr](A + k0 * lda + r0, lda, Bp + c0, kc, C + r0 * ldc + n0 + c0,
+                                    ldc, scols, k0 == 0, next, next_rows);
+                        r0 += mr;
+                    }
+                }
+                for (; fetched < lines; fetched++)
+                    tn_fetch(Bn, ldb, nn0, ncols, b_rows, An, lda, a_lines, fetched);
+            }
+        }
+    }
+}
+
 int rnn_ext_wsr_gemm_tn(int M, int N, int K, const float* A, ptrdiff_t lda, const float* B,
                         ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
-    const wsr_gemm_tn_fn f = path_kernels(current_path())->gemm_tn;
+    const wsr_tn_tiles* t = path_kernels(current_path())->tn;
     /* where it gains (one thread, Intel Xeon with AVX-512, GFLOP/s against
      * OpenBLAS's): a few dozen rows (K = 3200, M = 65, N = 512: 114-121 against
      * 82-85), M = N = 512 (122-127 against 107-109), M = 256, N = 1024 (124
      * against 115); not with more rows, 4 KiB apart in A (K = 1600, M = 1024:
      * N = 256, 68 against 112; N = 1024, 106 against 117) */
-    if (f == NULL || M <= 0 || N <= 0 || M > 512 || (size_t)M * (size_t)N > WSR_GEMM_TN_MAX)
+    if (t == NULL || M <= 0 || N <= 0 || M > 512 || (size_t)M * (size_t)N > WSR_GEMM_TN_MAX)
         return 0;
-    f(M, N, K, A, lda, B, ldb, C, ldc);
+    gemm_tn(t, M, N, K, A, lda, B, ldb, C, ldc);
     return 1;
 }
 

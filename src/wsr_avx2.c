@@ -284,7 +284,75 @@ TGT void rnn_ext_wsr_transpose_avx2(const float* src, ptrdiff_t lds, int kn, flo
 static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, fwd_tab); }
 static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab); }
 
-const wsr_kernels rnn_ext_wsr_avx2 = {"avx2", forward, backward, rnn_ext_wsr_transpose_avx2, NULL};
+/* ------------------------------------------------------------------------
+ * The tiles of a weight gradient C = A.T @ B (src/wsr.c runs the loops around
+ * them; src/wsr_internal.h, wsr_tn_tile_fn): up to 6 rows of C by half a
+ * panel, 16 columns, in 12 accumulators (the Haswell shape); per k, two loads
+ * of the packed panel and MR broadcasts of A's row k, read in place. */
+/* rows ahead at which a tile fetches its elements of A (the AVX-512 tiles' choice) */
+#define TN_FETCH_A 4
+
+TGT WSR_INLINE void tn_k(__m256 acc[MR_MAX][2], const float* A, ptrdiff_t lda, const float* Bp,
+                         int k0, int k1, const int MR) {
+    for (int k = k0; k < k1; k++) {
+        const float* a = A + k * lda;
+        _mm_prefetch((const char*)(a + TN_FETCH_A * lda), _MM_HINT_T0);
+        const __m256 w0 = _mm256_loadu_ps(Bp + (ptrdiff_t)k * WSR_NR);
+        const __m256 w1 = _mm256_loadu_ps(Bp + (ptrdiff_t)k * WSR_NR + VW);
+        WSR_UNROLL
+        for (int r = 0; r < MR; r++) {
+            const __m256 ar = _mm256_broadcast_ss(a + r);
+            acc[r][0] = _mm256_fmadd_ps(ar, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(ar, w1, acc[r][1]);
+        }
+    }
+}
+
+TGT WSR_INLINE void tn_tile(const float* A, ptrdiff_t lda, const float* Bp, int kc, float* C,
+                            ptrdiff_t ldc, int cols, int first, const float* next,
+                            int next_rows, const int MR) {
+    __m256 acc[MR_MAX][2];
+    WSR_UNROLL
+    for (int r = 0; r < MR; r++) {
+        WSR_UNROLL
+        for (int v = 0; v < 2; v++)
+            acc[r][v] = first ? _mm256_setzero_ps() : load(C + r * ldc + VW * v, cols - VW * v);
+    }
+    tn_k(acc, A, lda, Bp, 0, kc / 2, MR);
+    /* halfway, the next tile's rows of C into L1 (see the AVX-512 tiles) */
+    if (next != NULL)
+        for (int r = 0; r < next_rows; r++) _mm_prefetch((const char*)(next + r * ldc), _MM_HINT_T0);
+    tn_k(acc, A, lda, Bp, kc / 2, kc, MR);
+    WSR_UNROLL
+    for (int r = 0; r < MR; r++) {
+        WSR_UNROLL
+        for (int v = 0; v < 2; v++)
+            if (cols > VW * v) store(C + r * ldc + VW * v, cols - VW * v, acc[r][v]);
+    }
+}
+
+TGT static void tn_pack(const float* B, ptrdiff_t ldb, int kc, int cols, float* Bp) {
+    for (int k = 0; k < kc; k++) {
+        const float* b = B + k * ldb;
+        WSR_UNROLL
+        for (int v = 0; v < WSR_NR / VW; v++)
+            _mm256_storeu_ps(Bp + k * WSR_NR + VW * v,
+                             cols >= VW * (v + 1) ? _mm256_loadu_ps(b + VW * v)
+                                                  : _mm256_maskload_ps(b + VW * v, lanes(cols - VW * v)));
+    }
+}
+
+#define TN_DEF(MR)                                                                           \
+    TGT static void tn_##MR(const float* A, ptrdiff_t lda, const float* Bp, int kc, float* C, \
+                            ptrdiff_t ldc, int cols, int first, const float* next,           \
+                            int next_rows) {                                                 \
+        tn_tile(A, lda, Bp, kc, C, ldc, cols, first, next, next_rows, MR);                   \
+    }
+TN_DEF(1) TN_DEF(2) TN_DEF(3) TN_DEF(4) TN_DEF(5) TN_DEF(6)
+static const wsr_tn_tiles tn_tiles = {MR_MAX, 2 * VW, tn_pack, {0, tn_1, tn_2, tn_3, tn_4, tn_5, tn_6}};
+
+const wsr_kernels rnn_ext_wsr_avx2 = {"avx2", forward, backward, rnn_ext_wsr_transpose_avx2,
+                                      &tn_tiles};
 
 #else
 typedef int rnn_ext_wsr_avx2_unused; /* not an x86-64 build: an empty unit */

@@ -265,26 +265,15 @@ static void forward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, fwd_tab)
 static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab); }
 
 /* ------------------------------------------------------------------------
- * C = A.T @ B, a weight gradient summed over the T*B rows of a pass (K of
- * them): A (K, M) and B (K, N) row-major, C (M, N).  BLIS's loops with
- * one operand left in place: K in blocks of TN_KC rows; per block, each
- * panel of 32 columns of B is copied into a contiguous 16 KiB buffer (it
- * stays in L1 while every tile of rows reads it), and each tile of up to 8
- * rows of C broadcasts its MR elements of A's row k straight from A (MR
- * contiguous floats a row, from L2), so A is never packed.  OpenBLAS packs
- * both: at T*B = 6400, M = N = 512 it spent 28 % of the product's time
- * copying (Intel Xeon, one thread).  Every element of C is one chain of
- * fused multiply-adds over k = 0 .. K-1, ascending (the tile's sum leaves
- * the registers for C between blocks, which rounds nothing). */
-#define TN_KC 128
+ * The tiles of a weight gradient C = A.T @ B (src/wsr.c runs the loops around
+ * them; src/wsr_internal.h, wsr_tn_tile_fn): up to 8 rows of C by one panel
+ * of 32 columns in 16 accumulators; per k, two loads of the packed panel and
+ * MR broadcasts of A's row k, read in place. */
 /* rows ahead at which a tile fetches its elements of A: at M = N = 512, K =
  * 3200, 3-6 rows ahead ran at 122-127 GFLOP/s against 114-118 without,
  * 16 ahead 116-120 (Intel Xeon, one thread) */
 #define TN_FETCH_A 4
-/* the most of C a column group holds (above) */
-#define TN_C_BYTES ((size_t)1 << 20)
 
-/* C[r, 0:cols] (r < MR) := (first ? 0 : C) + sum_k A[k, r] Bp[k, 0:cols], k < kc */
 TGT WSR_INLINE void tn_k(__m512 acc[MR_MAX][2], const float* A, ptrdiff_t lda, const float* Bp,
                          int k0, int k1, const int MR) {
     for (int k = k0; k < k1; k++) {
@@ -336,8 +325,17 @@ TGT WSR_INLINE void tn_tile(const float* A, ptrdiff_t lda, const float* Bp, int 
     }
 }
 
-typedef void (*tn_tile_fn)(const float*, ptrdiff_t, const float*, int, float*, ptrdiff_t, int,
-                           int, const float*, int);
+TGT static void tn_pack(const float* B, ptrdiff_t ldb, int kc, int cols, float* Bp) {
+    const __mmask16 m0 = cols >= VW ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1u);
+    const __mmask16 m1 = cols >= 2 * VW ? (__mmask16)0xFFFF
+                                        : (__mmask16)((1u << (cols > VW ? cols - VW : 0)) - 1u);
+    for (int k = 0; k < kc; k++) {
+        const float* b = B + k * ldb;
+        _mm512_storeu_ps(Bp + k * WSR_NR, _mm512_maskz_loadu_ps(m0, b));
+        _mm512_storeu_ps(Bp + k * WSR_NR + VW, _mm512_maskz_loadu_ps(m1, b + VW));
+    }
+}
+
 #define TN_DEF(MR)                                                                           \
     TGT static void tn_##MR(const float* A, ptrdiff_t lda, const float* Bp, int kc, float* C, \
                             ptrdiff_t ldc, int cols, int first, const float* next,           \
@@ -345,102 +343,11 @@ typedef void (*tn_tile_fn)(const float*, ptrdiff_t, const float*, int, float*, p
         tn_tile(A, lda, Bp, kc, C, ldc, cols, first, next, next_rows, MR);                   \
     }
 TN_DEF(1) TN_DEF(2) TN_DEF(3) TN_DEF(4) TN_DEF(5) TN_DEF(6) TN_DEF(7) TN_DEF(8)
-static const tn_tile_fn tn_tab[MR_MAX + 1] = {0, tn_1, tn_2, tn_3, tn_4, tn_5, tn_6, tn_7, tn_8};
-
-/* fetch line j of n into L2, of the next block's lines a tile run spreads out:
- * first the rows of B's panel (2 lines each), then A's share of whole rows */
-static inline void tn_fetch(const float* B, ptrdiff_t ldb, int n0, int cols, int rows,
-                            const float* A, ptrdiff_t lda, int a_lines, int j) {
-    const int b_lines = rows * (cols > VW ? 2 : 1);
-    const char* line;
-    if (j < b_lines) {
-        const int per = cols > VW ? 2 : 1;
-        line = (const char*)(B + (j / per) * ldb + n0 + VW * (j % per));
-    } else {
-        j -= b_lines;
-        line = (const char*)(A + (j / a_lines) * lda) + 64 * (j % a_lines);
-    }
-    _mm_prefetch(line, _MM_HINT_T1);
-}
-
-TGT static void gemm_tn(int M, int N, int K, const float* A, ptrdiff_t lda, const float* B,
-                        ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
-    float Bp[TN_KC * WSR_NR];
-    if (K <= 0) {
-        for (int r = 0; r < M; r++) memset(C + r * ldc, 0, (size_t)N * sizeof(float));
-        return;
-    }
-    /* ceil(M / 8) tiles of rows, as even as they can be (65 rows: 2 x 8 + 7 x 7) */
-    const int nb = (M + MR_MAX - 1) / MR_MAX, base = M / nb, big = M % nb;
-    /* C in column groups of at most TN_C_BYTES, so that a group's C stays in L2
-     * over all the blocks of K */
-    int nc = (int)(TN_C_BYTES / ((size_t)M * sizeof(float))) / WSR_NR * WSR_NR;
-    nc = nc < WSR_NR ? WSR_NR : nc;
-    const int a_lines = (int)(((size_t)M * sizeof(float) + 63) / 64);
-    for (int j0 = 0; j0 < N; j0 += nc) {
-        const int j1 = N - j0 < nc ? N : j0 + nc;
-        const int panels = (j1 - j0 + WSR_NR - 1) / WSR_NR;
-        for (int k0 = 0; k0 < K; k0 += TN_KC) {
-            const int kc = K - k0 < TN_KC ? K - k0 : TN_KC;
-            /* the next block of K (or the next group's first): its rows come
-             * from memory in a pattern no hardware prefetcher follows */
-            const int k_next = k0 + kc < K ? k0 + kc : 0;
-            const int has_next = k0 + kc < K || j1 < N;
-            const int rows_next = K - k_next < TN_KC ? K - k_next : TN_KC;
-            for (int pi = 0; pi < panels; pi++) {
-                const int n0 = j0 + pi * WSR_NR;
-                const int cols = j1 - n0 < WSR_NR ? j1 - n0 : WSR_NR;
-                const __mmask16 m0 = cols >= VW ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1u);
-                const __mmask16 m1 =
-                    cols >= 2 * VW ? (__mmask16)0xFFFF
-                                   : (__mmask16)((1u << (cols > VW ? cols - VW : 0)) - 1u);
-                /* the panel, zero past N */
-                for (int k = 0; k < kc; k++) {
-                    const float* b = B + (k0 + k) * ldb + n0;
-                    _mm512_storeu_ps(Bp + k * WSR_NR, _mm512_maskz_loadu_ps(m0, b));
-                    _mm512_storeu_ps(Bp + k * WSR_NR + VW, _mm512_maskz_loadu_ps(m1, b + VW));
-                }
-                /* what this panel fetches of the next block: the next block's rows
-                 * of B in its columns (the same columns in the next group: none
-                 * then), and a 1/panels share of the next block's rows of A */
-                const int nn0 = k0 + kc < K ? n0 : j1 + pi * WSR_NR;
-                const int ncols = has_next && nn0 < N ? (N - nn0 < WSR_NR ? N - nn0 : WSR_NR) : 0;
-                const int a0 = rows_next * pi / panels, a1 = rows_next * (pi + 1) / panels;
-                const float* Bn = B + (ptrdiff_t)k_next * ldb;
-                const float* An = A + (ptrdiff_t)(k_next + a0) * lda;
-                const int lines = (ncols > 0 ? rows_next * (ncols > VW ? 2 : 1) : 0) +
-                                  (has_next ? (a1 - a0) * a_lines : 0);
-                int r0 = 0, fetched = 0;
-                for (int i = 0; i < nb; i++) {
-                    const int mr = base + (i < big);
-                    for (const int upto = (int)((long long)lines * (i + 1) / nb); fetched < upto;
-                         fetched++)
-                        tn_fetch(Bn, ldb, nn0, ncols, ncols > 0 ? rows_next : 0, An, lda, a_lines,
-                                 fetched);
-                    /* the next tile's C: the next rows, or the next panel's first (read
-                     * unless this block is the first, when C is only written) */
-                    const float* next = NULL;
-                    int next_rows = 0;
-                    if (k0 > 0 || k0 + kc < K) {
-                        if (i + 1 < nb) {
-                            next = C + (r0 + mr) * ldc + n0;
-                            next_rows = base + (i + 1 < big);
-                        } else if (pi + 1 < panels) {
-                            next = C + n0 + WSR_NR;
-                            next_rows = base + (0 < big);
-                        }
-                    }
-                    tn_tab[mr](A + k0 * lda + r0, lda, Bp, kc, C + r0 * ldc + n0, ldc, cols,
-                               k0 == 0, next, next_rows);
-                    r0 += mr;
-                }
-            }
-        }
-    }
-}
+static const wsr_tn_tiles tn_tiles = {MR_MAX, WSR_NR, tn_pack,
+                                      {0, tn_1, tn_2, tn_3, tn_4, tn_5, tn_6, tn_7, tn_8}};
 
 const wsr_kernels rnn_ext_wsr_avx512 = {"avx512", forward, backward, rnn_ext_wsr_transpose_avx2,
-                                        gemm_tn};
+                                        &tn_tiles};
 
 #else
 typedef int rnn_ext_wsr_avx512_unused; /* not an x86-64 build: an empty unit */

@@ -82,16 +82,35 @@ typedef void (*wsr_kernel_fn)(const wsr_step* s, int c0, int c1);
  * pack_panels) */
 typedef void (*wsr_transpose_fn)(const float* src, ptrdiff_t lds, int kn, float* dst);
 
-/* C = A.T @ B over all K rows (a weight gradient; wsr.h: rnn_ext_wsr_gemm_tn) */
-typedef void (*wsr_gemm_tn_fn)(int M, int N, int K, const float* A, ptrdiff_t lda,
-                               const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc);
+/* One tile of a weight gradient C = A.T @ B (wsr.h: rnn_ext_wsr_gemm_tn, whose
+ * loops are src/wsr.c's): for r < MR (the tile's rows) and c < cols,
+ *     C[r*ldc + c] = (first ? 0 : C[r*ldc + c]) + sum_{k < kc} A[k*lda + r] * Bp[k*WSR_NR + c]
+ * one fused multiply-add per k, ascending; Bp is a packed panel of B (rows
+ * WSR_NR floats apart, zero past the matrix), offset to the tile's first
+ * column.  next: the first element of the tile that runs next (next_rows
+ * rows ldc apart, the same columns), fetched into L1 meanwhile, or NULL. */
+typedef void (*wsr_tn_tile_fn)(const float* A, ptrdiff_t lda, const float* Bp, int kc, float* C,
+                               ptrdiff_t ldc, int cols, int first, const float* next,
+                               int next_rows);
+
+#define WSR_TN_MR_MAX 8
+
+/* Bp[k*WSR_NR + c] = B[k*ldb + c] for k < kc, c < cols, and 0 for cols <= c < WSR_NR */
+typedef void (*wsr_tn_pack_fn)(const float* B, ptrdiff_t ldb, int kc, int cols, float* Bp);
+
+typedef struct wsr_tn_tiles {
+    int mr_max;  /* tiles of 1 .. mr_max rows */
+    int strip;   /* columns a tile covers: WSR_NR or half of it */
+    wsr_tn_pack_fn pack;  /* a panel's copy in the path's vectors */
+    wsr_tn_tile_fn tile[WSR_TN_MR_MAX + 1];  /* tile[mr] */
+} wsr_tn_tiles;
 
 typedef struct wsr_kernels {
     const char* name;
     wsr_kernel_fn forward;   /* out = f(out + in @ Wf) */
     wsr_kernel_fn backward;  /* out = (out + in @ Wf) * f'(h) */
     wsr_transpose_fn transpose; /* or NULL: pack_panels' scalar loop */
-    wsr_gemm_tn_fn gemm_tn;  /* or NULL: the caller's BLAS */
+    const wsr_tn_tiles* tn;  /* weight-gradient tiles, or NULL: the caller's BLAS */
 } wsr_kernels;
 
 /* 1 when this build has the path `name` and the CPU can run it, else 0

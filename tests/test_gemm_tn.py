@@ -1,6 +1,6 @@
 """The weight-gradient product C = A.T @ B (src/wsr.h: rnn_ext_wsr_gemm_tn).
 
-Paths with a kernel of their own (AVX-512 today) must give, for shapes
+Paths with a kernel of their own (AVX-512 and AVX2) must give, for shapes
 around every tile and block edge, exactly the integer result when every
 product and partial sum is an integer below 2^24 (so any misplaced row,
 column or k step shows), and on random data a result within the float32
@@ -19,7 +19,7 @@ from rnn_ext import _wsr
 
 FORCED = os.environ.get("RNN_EXT_SIMD")
 PATHS = (FORCED,) if FORCED else _wsr.available_paths()
-WITH_KERNEL = {"avx512"}
+WITH_KERNEL = {"avx512", "avx2"}
 U32 = 2.0**-24
 
 # K around the 128-row blocks, M around the 8-row tiles, N around the 32-column panels
