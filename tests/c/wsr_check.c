@@ -11,7 +11,8 @@
  * reference within 2e-5 of the largest value (float32 dot products of length
  * H, over a contractive recurrence), padded rows are exact (0, or h0 for the
  * reverse forward), and 2 and 3 threads give bit-identical results to one.
- * The float32 tanh is checked to 7 ulp against libm's double tanh. */
+ * The float32 tanh is checked to 7 ulp against libm's double tanh, and the
+ * weight-gradient product (rnn_ext_wsr_gemm_tn) exactly on small integers. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -205,6 +206,40 @@ static void check_tanh(const char* path) {
     }
 }
 
+/* rnn_ext_wsr_gemm_tn on strided operands (lda > M, ldb > N, ldc > N): small
+ * integers give exact sums, so the result must equal the int64 reference;
+ * the columns of C past N are left alone; a path without the kernel returns
+ * 0 and leaves all of C alone. */
+static void check_gemm_tn(const char* path, int has_kernel, int K, int M, int N) {
+    const ptrdiff_t lda = M + 3, ldb = N + 5, ldc = N + 7;
+    float* A = malloc(sizeof(float) * (size_t)(K > 0 ? K : 1) * (size_t)lda);
+    float* B = malloc(sizeof(float) * (size_t)(K > 0 ? K : 1) * (size_t)ldb);
+    float* C = malloc(sizeof(float) * (size_t)M * (size_t)ldc);
+    for (ptrdiff_t i = 0; i < K * lda; i++) A[i] = (float)(int)(4 * uniform());
+    for (ptrdiff_t i = 0; i < K * ldb; i++) B[i] = (float)(int)(4 * uniform());
+    for (ptrdiff_t i = 0; i < M * ldc; i++) C[i] = -1234.0f;
+    const int done = rnn_ext_wsr_gemm_tn(M, N, K, A, lda, B, ldb, C, ldc);
+    checks++;
+    if (done != has_kernel) fail("gemm_tn taken", path, K, M, N, 0, 0, 0, done);
+    double err = 0;
+    for (int r = 0; r < M; r++)
+        for (int c = 0; c < ldc; c++) {
+            double want = -1234.0;
+            if (done && c < N) {
+                long long sum = 0;
+                for (int k = 0; k < K; k++)
+                    sum += (long long)A[k * lda + r] * (long long)B[k * ldb + c];
+                want = (double)sum;
+            }
+            const double e = fabs((double)C[r * ldc + c] - want);
+            err = e > err || e != e ? e : err;
+        }
+    if (!(err == 0)) fail("gemm_tn exact", path, K, M, N, 0, 0, 0, err);
+    free(A);
+    free(B);
+    free(C);
+}
+
 int main(void) {
     static const char* const paths[] = {"portable", "avx2", "avx512", "neon"};
     static const int Ts[] = {1, 4};
@@ -227,6 +262,13 @@ int main(void) {
                         for (int lens = 0; lens < 2; lens++)
                             for (int relu = 0; relu < 2; relu++)
                                 check_case(paths[p], Ts[it], Bs[ib], Hs[ih], reverse, lens, relu);
+        /* the paths with weight-gradient tiles (src/wsr_internal.h) */
+        const int has_kernel = strcmp(paths[p], "avx2") == 0 || strcmp(paths[p], "avx512") == 0;
+        static const int tnK[] = {0, 1, 129, 300}, tnM[] = {1, 7, 9, 65}, tnN[] = {1, 17, 40, 70};
+        for (size_t ik = 0; ik < sizeof tnK / sizeof *tnK; ik++)
+            for (size_t im = 0; im < sizeof tnM / sizeof *tnM; im++)
+                for (size_t in = 0; in < sizeof tnN / sizeof *tnN; in++)
+                    check_gemm_tn(paths[p], has_kernel, tnK[ik], tnM[im], tnN[in]);
         printf("path %-8s %5d checks, %d failed\n", paths[p], checks - checks_before,
                failures - before);
     }
