@@ -118,7 +118,9 @@ def test_bias_and_id_gradients_summed_in_parts_are_the_whole_sums(T, B):
     """db and the ids' dU are sums over all T·B rows; from 128 rows on they are
     summed in two runs of rows, then added (src/_pcols.pxd).  Against the
     float64 pass's whole sums, to float32 rounding, for every thread count;
-    (200, 1) has its 200 rows in parts at B = 1."""
+    (200, 1) has its 200 rows in parts at B = 1.  So are dW and dV, which at
+    (20, 16) run on the weight-gradient kernel of the AVX-512 and AVX2 paths
+    (src/wsr.h, rnn_ext_wsr_gemm_tn: T·B at least twice their sides)."""
     rng = np.random.default_rng(11)
     D, H, K = 65, 160, 65
     model = rnn_ext.RNN(D, H, K, seed=12)
@@ -130,7 +132,7 @@ def test_bias_and_id_gradients_summed_in_parts_are_the_whole_sums(T, B):
     for n in COUNTS:
         with rnn_ext.threads(n):
             got = model.loss_and_grad(x, y)[1]
-        for name in ("U", "b"):
+        for name in ("U", "b", "W", "V", "c"):
             g, g64 = getattr(got, name), getattr(want, name)
             assert np.max(np.abs(g - g64)) <= 2e-5 * np.max(np.abs(g64)), (name, n)
 
