@@ -230,15 +230,12 @@ def gemm_tn(A, B):
         raise ValueError(f"A and B must have as many rows, got {A.shape} and {B.shape}")
     cdef int K = A.shape[0], M = A.shape[1], N = B.shape[1]
     C = np.empty((M, N), dtype=np.float32)
-    if M == 0 or N == 0:
-        return C
     cdef const float[:, ::1] a = A
     cdef const float[:, ::1] b = B
     cdef float[:, ::1] c = C
     cdef int done
     with nogil:
-        done = rnn_ext_wsr_gemm_tn(M, N, K, &a[0, 0] if K > 0 else NULL, M,
-                                   &b[0, 0] if K > 0 else NULL, N, &c[0, 0], N)
+        done = rnn_ext_wsr_gemm_tn(M, N, K, &a[0, 0], M, &b[0, 0], N, &c[0, 0], N)
     return C if done else None
 
 

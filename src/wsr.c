@@ -239,11 +239,14 @@ int rnn_ext_wsr_supported(const char* name) {
 #define TN_FETCH_L2(p) __builtin_prefetch((p), 0, 2)
 #endif
 
+/* 64-byte lines in a row of a panel's cols columns of B (at most WSR_NR) */
+static int tn_b_lines(int cols) { return cols > 16 ? 2 : 1; }
+
 /* line j of what a panel fetches for the next block: first the rows of B in
- * its columns (cols of them; 2 lines a row), then its share of A's rows */
+ * its columns (cols of them, tn_b_lines a row), then its share of A's rows */
 static void tn_fetch(const float* B, ptrdiff_t ldb, int n0, int cols, int b_rows,
                      const float* A, ptrdiff_t lda, int a_lines, int j) {
-    const int per = cols > 16 ? 2 : 1;
+    const int per = tn_b_lines(cols);
     if (j < b_rows * per) {
         TN_FETCH_L2(B + (j / per) * ldb + n0 + 16 * (j % per));
     } else {
@@ -293,7 +296,7 @@ static void gemm_tn(const wsr_tn_tiles* t, int M, int N, int K, const float* A, 
                 const float* An = A + (ptrdiff_t)(k_next + a0) * lda;
                 const int b_rows = ncols > 0 ? rows_next : 0;
                 const int lines =
-                    b_rows * (ncols > 16 ? 2 : 1) + (has_next ? (a1 - a0) * a_lines : 0);
+                    b_rows * tn_b_lines(ncols) + (has_next ? (a1 - a0) * a_lines : 0);
                 const int tiles = nb * strips;
                 int fetched = 0, ti = 0;
                 for (int si = 0; si < strips; si++) {

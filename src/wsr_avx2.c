@@ -289,14 +289,11 @@ static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab
  * them; src/wsr_internal.h, wsr_tn_tile_fn): up to 6 rows of C by half a
  * panel, 16 columns, in 12 accumulators (the Haswell shape); per k, two loads
  * of the packed panel and MR broadcasts of A's row k, read in place. */
-/* rows ahead at which a tile fetches its elements of A (the AVX-512 tiles' choice) */
-#define TN_FETCH_A 4
-
 TGT WSR_INLINE void tn_k(__m256 acc[MR_MAX][2], const float* A, ptrdiff_t lda, const float* Bp,
                          int k0, int k1, const int MR) {
     for (int k = k0; k < k1; k++) {
         const float* a = A + k * lda;
-        _mm_prefetch((const char*)(a + TN_FETCH_A * lda), _MM_HINT_T0);
+        _mm_prefetch((const char*)(a + WSR_TN_FETCH_A * lda), _MM_HINT_T0);
         const __m256 w0 = _mm256_loadu_ps(Bp + (ptrdiff_t)k * WSR_NR);
         const __m256 w1 = _mm256_loadu_ps(Bp + (ptrdiff_t)k * WSR_NR + VW);
         WSR_UNROLL

@@ -34,6 +34,11 @@
 #define WSR_FETCH_STEPS_BWD 40
 #define WSR_FETCH_MIN_H 256
 
+/* lanes 0 .. n-1 set (n clamped to 0 .. 16) */
+WSR_INLINE __mmask16 lanes16(int n) {
+    return n >= VW ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1u);
+}
+
 TGT WSR_INLINE __m512 tanh16(__m512 a) {
     const __m512 cl = _mm512_set1_ps(WSR_TANH_CLAMP);
     /* min/max return their second operand when either is NaN: a NaN passes */
@@ -116,7 +121,7 @@ TGT WSR_INLINE void tile(const wsr_step* s, int b0, int c, int c1, const float* 
     for (int v = 0; v < NV; v++) {
         const int cv = c + VW * v;
         const int n = c1 - cv;
-        m[v] = n >= VW ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1u);
+        m[v] = lanes16(n);
         wp[v] = s->packed + (ptrdiff_t)(cv / WSR_NR) * H * WSR_NR + cv % WSR_NR;
     }
     WSR_UNROLL
@@ -269,18 +274,12 @@ static void backward(const wsr_step* s, int c0, int c1) { run(s, c0, c1, bwd_tab
  * them; src/wsr_internal.h, wsr_tn_tile_fn): up to 8 rows of C by one panel
  * of 32 columns in 16 accumulators; per k, two loads of the packed panel and
  * MR broadcasts of A's row k, read in place. */
-/* rows ahead at which a tile fetches its elements of A: at M = N = 512, K =
- * 3200, 3-6 rows ahead ran at 122-127 GFLOP/s against 114-118 without,
- * 16 ahead 116-120 (Intel Xeon, one thread) */
-#define TN_FETCH_A 4
-
 TGT WSR_INLINE void tn_k(__m512 acc[MR_MAX][2], const float* A, ptrdiff_t lda, const float* Bp,
                          int k0, int k1, const int MR) {
     for (int k = k0; k < k1; k++) {
         const float* a = A + k * lda;
-        /* A's row k + TN_FETCH_A into L1: rows of A lie a multiple of 2 KiB
-         * apart, in a few sets of L1, where no line stays for long */
-        _mm_prefetch((const char*)(a + TN_FETCH_A * lda), _MM_HINT_T0);
+        /* A's row k + WSR_TN_FETCH_A into L1 (src/wsr_internal.h) */
+        _mm_prefetch((const char*)(a + WSR_TN_FETCH_A * lda), _MM_HINT_T0);
         const __m512 w0 = _mm512_loadu_ps(Bp + (ptrdiff_t)k * WSR_NR);
         const __m512 w1 = _mm512_loadu_ps(Bp + (ptrdiff_t)k * WSR_NR + VW);
         WSR_UNROLL
@@ -302,7 +301,7 @@ TGT WSR_INLINE void tn_tile(const float* A, ptrdiff_t lda, const float* Bp, int 
     WSR_UNROLL
     for (int v = 0; v < 2; v++) {
         const int n = cols - VW * v;
-        m[v] = n >= VW ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1u);
+        m[v] = lanes16(n);
     }
     WSR_UNROLL
     for (int r = 0; r < MR; r++) {
@@ -326,9 +325,7 @@ TGT WSR_INLINE void tn_tile(const float* A, ptrdiff_t lda, const float* Bp, int 
 }
 
 TGT static void tn_pack(const float* B, ptrdiff_t ldb, int kc, int cols, float* Bp) {
-    const __mmask16 m0 = cols >= VW ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1u);
-    const __mmask16 m1 = cols >= 2 * VW ? (__mmask16)0xFFFF
-                                        : (__mmask16)((1u << (cols > VW ? cols - VW : 0)) - 1u);
+    const __mmask16 m0 = lanes16(cols), m1 = lanes16(cols - VW);
     for (int k = 0; k < kc; k++) {
         const float* b = B + k * ldb;
         _mm512_storeu_ps(Bp + k * WSR_NR, _mm512_maskz_loadu_ps(m0, b));
