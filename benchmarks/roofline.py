@@ -9,6 +9,7 @@ no copies), at the thread count being measured.
 
 import argparse
 import os
+import platform
 import statistics
 import time
 
@@ -33,6 +34,15 @@ def sgemm_gflops(n=2048, threads=1, repeat=5):
             scipy.linalg.blas.sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)
             times.append(time.perf_counter() - start)
     return flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
+
+
+def cpu_name():
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def blas_description():

@@ -41,15 +41,9 @@ try:
 except ImportError:  # run from a source tree that was built in place
     sys.path.insert(0, ROOT)
     import rnn_ext
+import roofline  # noqa: E402 (after rnn_ext, which it imports)
+
 from rnn_ext.text import Vocab, default_corpus, sample
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def default_model(hidden, dtype):
@@ -121,7 +115,7 @@ def main(argv=None):
             times[k].append(time_steps(step, x_id, h0, args.calls))
 
     print(f"rnn_ext {rnn_ext.__version__} from {os.path.dirname(rnn_ext.__file__)}")
-    print(f"{cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+    print(f"{roofline.cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
           f"numpy {np.__version__}; load average {os.getloadavg()[0]:.2f}")
     print(f"model: {'file ' + args.model if args.model else 'default size, untrained'}: "
           f"K = D = {K}, H = {H}, {m.num_layers} layer(s), {m.dtype.name}; "

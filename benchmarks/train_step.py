@@ -28,7 +28,6 @@ torch.set_num_threads(n).
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -118,13 +117,7 @@ def main(argv=None):
         import torch
     except ImportError:
         torch = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"{cpu}; rnn_ext {rnn_ext.__version__}, recurrence path "
+    print(f"{roofline.cpu_name()}; rnn_ext {rnn_ext.__version__}, recurrence path "
           f"{rnn_ext._kernels.wsr_path()}; torch {torch.__version__ if torch else '-'}")
     rows = []
     for H, B, T in cases:
