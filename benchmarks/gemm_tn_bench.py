@@ -33,7 +33,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from functools import partial
 
 import numpy as np
@@ -59,17 +58,6 @@ def parse_shape(text):
     return K, M, N
 
 
-def block(fn, min_time):
-    """Seconds per call of fn(), over a block of calls lasting at least min_time."""
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        t = time.perf_counter() - t0
-        if t >= min_time:
-            return t / n
-
-
 def compare(K, M, N, rounds, min_time, rng):
     """One shape: check both results, then time them in turn; prints a line."""
     from scipy.linalg import blas
@@ -91,9 +79,9 @@ def compare(K, M, N, rounds, min_time, rng):
     t_own, t_blas, ratios, limits = [], [], [], []
     for r in range(rounds):
         if r % 2 == 0:
-            a, b = block(own, min_time), block(ref, min_time)
+            a, b = roofline.timed(own, min_time), roofline.timed(ref, min_time)
         else:
-            b, a = block(ref, min_time), block(own, min_time)
+            b, a = roofline.timed(ref, min_time), roofline.timed(own, min_time)
         t_own.append(a)
         t_blas.append(b)
         ratios.append(a / b)

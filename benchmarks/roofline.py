@@ -36,6 +36,17 @@ def sgemm_gflops(n=2048, threads=1, repeat=5):
     return flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
 
 
+def timed(fn, min_time):
+    """Seconds per call of fn, looped for at least min_time."""
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
 def cpu_name():
     """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows."""
     try:

@@ -82,17 +82,6 @@ def torch_step(H, B, T, x, y):
     return step
 
 
-def timed(fn, min_time):
-    """Seconds per call of fn, looped for at least min_time."""
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time:
-            return elapsed / calls
-
-
 def set_threads(n):
     rnn_ext.set_num_threads(n)
     try:
@@ -131,7 +120,7 @@ def main(argv=None):
         for n in counts:  # warm-up
             set_threads(n)
             for fn in impls.values():
-                timed(fn, args.min_time / 3)
+                roofline.timed(fn, args.min_time / 3)
         times = {(n, k): [] for n in counts for k in impls}
         limit = {n: [] for n in counts}
         for _ in range(args.rounds):
@@ -141,7 +130,7 @@ def main(argv=None):
                 if n > 1:
                     time.sleep(0.1)  # the BLAS's threads stop spinning
                 for k, fn in impls.items():
-                    times[n, k].append(timed(fn, args.min_time))
+                    times[n, k].append(roofline.timed(fn, args.min_time))
         for n in counts:
             ours = times[n, "rnn_ext"]
             med = {k: statistics.median(times[n, k]) for k in impls}
