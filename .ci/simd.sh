@@ -56,7 +56,7 @@ echo "paths supported here: ${paths[*]}; automatic choice: $auto"
 [[ " ${paths[*]} " == *" portable "* ]] || die "portable is not among the paths"
 
 for p in "${paths[@]}"; do
-    log "tests/test_wsr.py, test_pool_threads.py, test_short_path.py with RNN_EXT_SIMD=$p"
+    log "tests/test_wsr.py, test_pool_threads.py, test_short_path.py, test_gemm_tn.py with RNN_EXT_SIMD=$p"
     RNN_EXT_SIMD="$p" venv_pytest "$venv" "${recurrence_tests[@]}"
 done
 
