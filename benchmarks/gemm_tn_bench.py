@@ -36,11 +36,13 @@ import sys
 from functools import partial
 
 import numpy as np
+from scipy.linalg import blas
 
 try:
-    import rnn_ext  # noqa: F401
+    import rnn_ext
 except ImportError:  # run from a source tree that was built in place
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import rnn_ext
 import roofline  # noqa: E402 (after rnn_ext, which it imports)
 
 from rnn_ext import _wsr  # noqa: E402
@@ -60,8 +62,6 @@ def parse_shape(text):
 
 def compare(K, M, N, rounds, min_time, rng):
     """One shape: check both results, then time them in turn; prints a line."""
-    from scipy.linalg import blas
-
     A = rng.standard_normal((K, M), dtype=np.float32)
     B = rng.standard_normal((K, N), dtype=np.float32)
     C = _wsr.gemm_tn(A, B)
@@ -110,14 +110,12 @@ def main(argv=None):
     if args.rounds < 1 or args.min_time <= 0:
         p.error("--rounds must be at least 1 and --min-time positive")
 
-    from threadpoolctl import threadpool_limits
-
     print(
         f"{roofline.cpu_name()}; path {_wsr.path()}; BLAS: {roofline.blas_description()}; "
         f"{args.rounds} rounds"
     )
     rng = np.random.default_rng(0)
-    with threadpool_limits(1):
+    with rnn_ext.threads(1):
         for K, M, N in args.shape or DEFAULT_SHAPES:
             compare(K, M, N, args.rounds, args.min_time, rng)
 
