@@ -228,17 +228,6 @@ int rnn_ext_wsr_supported(const char* name) {
 /* the largest C (in floats) rnn_ext_wsr_gemm_tn computes */
 #define WSR_GEMM_TN_MAX ((size_t)1 << 18)
 
-#if defined(_MSC_VER) && !defined(__clang__)
-#if WSR_X86_64
-#include <intrin.h>
-#define TN_FETCH_L2(p) _mm_prefetch((const char*)(p), _MM_HINT_T1)
-#else
-#define TN_FETCH_L2(p) ((void)(p))
-#endif
-#else
-#define TN_FETCH_L2(p) __builtin_prefetch((p), 0, 2)
-#endif
-
 /* 64-byte lines in a row of a panel's cols columns of B (at most WSR_NR) */
 static int tn_b_lines(int cols) { return cols > 16 ? 2 : 1; }
 
@@ -248,10 +237,10 @@ static void tn_fetch(const float* B, ptrdiff_t ldb, int n0, int cols, int b_rows
                      const float* A, ptrdiff_t lda, int a_lines, int j) {
     const int per = tn_b_lines(cols);
     if (j < b_rows * per) {
-        TN_FETCH_L2(B + (j / per) * ldb + n0 + 16 * (j % per));
+        WSR_PREFETCH_L2(B + (j / per) * ldb + n0 + 16 * (j % per));
     } else {
         j -= b_rows * per;
-        TN_FETCH_L2((const char*)(A + (j / a_lines) * lda) + 64 * (j % a_lines));
+        WSR_PREFETCH_L2((const char*)(A + (j / a_lines) * lda) + 64 * (j % a_lines));
     }
 }
 
