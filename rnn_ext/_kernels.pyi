@@ -4,7 +4,7 @@
 # The kernels take C-contiguous arrays of one floating dtype (float32 or
 # float64, fused) and intp index arrays; rnn_ext/_validation.py makes them so.
 # Shapes are in the docstrings of the .pyx.
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -82,3 +82,6 @@ class FastPass(StepPass):
     ) -> tuple[float, _F | None, _F | None, _F | None, _F | None, _F | None] | None: ...
 
 def id_range(ids: _I, ignore: int, use_ignore: bool) -> tuple[int, int, int]: ...
+
+def model_step(self: Any, x_t: object, h: object = ...) -> tuple[_F, _F]: ...
+def layer_step(self: Any, x_t: object, h: object = ...) -> _F: ...

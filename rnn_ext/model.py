@@ -456,33 +456,13 @@ class RNN:
                 break
         return hs, Z, total
 
-    def step(self, x_t: Any, h: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """One time step: the next state and the output probabilities.
+    # step(x_t, h=None): _kernels.model_step (src/_kernels.pyx), which hands the
+    # common call (an int id and the state the last step returned) to the
+    # bound FastPass without running a Python frame, and any other to _step
+    step = _kernels.model_step
 
-        For generation, streaming and reinforcement learning: no sequence
-        buffers, no backward state, one kernel call.
-
-        Parameters
-        ----------
-        x_t : int id, (B,) ids, (D,) or (B, D) floats
-        h : ndarray of shape (L, B, H) (or (L, H) for unbatched x_t), optional
-            The state before the step, zeros by default; with one layer (B, H)
-            or (H,) is also accepted.
-
-        Returns
-        -------
-        h : ndarray of shape (L, B, H) (or (L, H)): every layer's new state
-        probs : ndarray of shape (B, K) (or (K,)): softmax(V h_top + c)
-
-        Equivalent to ``forward(x_t[None], h)`` read at its only step;
-        unidirectional models only.
-        """
-        fast = self._fast if self._fast is not None else self._bound()
-        if fast is not None:
-            # an int id and the state the last step returned: no conversion at all
-            out = fast.step(x_t, h)
-            if out is not None:
-                return out
+    def _step(self, x_t: Any, h: Any) -> tuple[np.ndarray, np.ndarray]:
+        """step's general path: any x_t and h, checked and converted."""
         s = self.layer._stack
         xf, xi, h0, batched = step_inputs(s, x_t, h)
         params = self.head._params

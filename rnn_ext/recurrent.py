@@ -500,27 +500,13 @@ class Recurrent(FlatParameters):
             x=user_layout(g["x"], batch, self.batch_first) if g["x"] is not None else None,
             h0=per_layer(g["h0"], batch))
 
-    def step(self, x_t: Any, h: Any = None) -> np.ndarray:
-        """One time step through every layer: the next state (generation, streaming).
+    # step(x_t, h=None): _kernels.layer_step (src/_kernels.pyx), which hands the
+    # common call (an int id and the state the last step returned) to the
+    # bound StepPass without running a Python frame, and any other to _step
+    step = _kernels.layer_step
 
-        Parameters
-        ----------
-        x_t : int id, (B,) ids, (D,) or (B, D) floats
-        h : ndarray of shape (L, B, H) (or (L, H) for unbatched x_t), optional
-            The state before the step (zeros by default): what the previous
-            step returned.
-
-        Returns
-        -------
-        ndarray of shape (L, B, H) (or (L, H)): h_t of every layer.  Equal to
-        ``forward(x[:1], h).h_n``; unidirectional layers only.
-        """
-        fast = self._stepper if self._stepper is not None else self._bound_step()
-        if fast is not None:
-            # an int id and the state the last step returned: no conversion at all
-            out = fast.step(x_t, h)
-            if out is not None:
-                return out
+    def _step(self, x_t: Any, h: Any) -> np.ndarray:
+        """step's general path: any x_t and h, checked and converted."""
         s = self._stack
         xf, xi, h0, batched = step_inputs(s, x_t, h)
         return _kernels.step_pass(h0, xf, xi, self._flat, self._offs, s.D, s.relu, None, None,
