@@ -20,6 +20,7 @@ reuses and no two calls in flight share: concurrent calls share nothing
 mutable.
 """
 cimport numpy as cnp
+cimport cython
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
@@ -712,6 +713,7 @@ cdef inline object bound_step(object piece, object fast, object x_t, object h):
     return piece._step(x_t, h)
 
 
+@cython.embedsignature(False)  # help() shows the method's own signature
 def model_step(self, x_t, h=None):
     """One time step: the next state and the output probabilities.
 
@@ -737,6 +739,7 @@ def model_step(self, x_t, h=None):
     return bound_step(self, fast if fast is not None else self._bound(), x_t, h)
 
 
+@cython.embedsignature(False)
 def layer_step(self, x_t, h=None):
     """One time step through every layer: the next state (generation, streaming).
 
@@ -754,6 +757,11 @@ def layer_step(self, x_t, h=None):
     """
     fast = self._stepper
     return bound_step(self, fast if fast is not None else self._bound_step(), x_t, h)
+
+
+# named as the methods they are, for help() and inspect
+model_step.__name__, model_step.__qualname__ = "step", "RNN.step"
+layer_step.__name__, layer_step.__qualname__ = "step", "Recurrent.step"
 
 
 # ---------------------------------------------------------------------------

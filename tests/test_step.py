@@ -154,6 +154,26 @@ def test_a_layers_bound_step_follows_its_own_parameters():
     assert wide.step(1, np.zeros((1, 6))).dtype == np.float64
 
 
+
+@pytest.mark.parametrize("cls, doc", [(rnn_ext.RNN, "One time step: the next state and the output"),
+                                      (rnn_ext.Recurrent, "One time step through every layer")])
+def test_step_is_a_method_with_its_signature_and_docs(cls, doc):
+    """step is compiled (src/_kernels.pyx) but reads as the class's own method:
+    its name, signature and docstring, callable on the class or an instance."""
+    import inspect
+
+    assert cls.step.__name__ == "step" and cls.step.__qualname__ == f"{cls.__name__}.step"
+    assert list(inspect.signature(cls.step).parameters) == ["self", "x_t", "h"]
+    assert inspect.signature(cls.step).parameters["h"].default is None
+    assert cls.step.__doc__.startswith(doc)
+    piece = cls(5, 6, 4, seed=0) if cls is rnn_ext.RNN else cls(5, 6, seed=0)
+    h = np.zeros((1, 6), np.float32)
+    out_bound, out_class = piece.step(2, h), cls.step(piece, 2, h=h)
+    for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (out_bound, out_class))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError):
+        piece.step()
+
 def test_step_pass_object_checks_what_it_binds():
     m = rnn_ext.RNN(5, 6, 4, num_layers=2, seed=0)
     flat, offs = m.layer.flat, m._offs
