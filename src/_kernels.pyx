@@ -700,9 +700,9 @@ cdef class FastPass(StepPass):
 # RNN.step and Recurrent.step themselves: the classes take these functions as
 # their methods (``step = _kernels.model_step``), so that the common call (an
 # int id and the state the last step returned) reaches the bound StepPass
-# without running a Python frame, about a quarter of a microsecond of a
-# three-microsecond call at B = 1, H = 128.  Any other call goes on to the
-# piece's ``_step``, which checks and converts its arguments.
+# without running a Python frame (3-5 % of a three-microsecond call at B = 1,
+# H = 128: benchmarks/README.md, thirteenth session).  Any other call goes on
+# to the piece's ``_step``, which checks and converts its arguments.
 
 cdef inline object bound_step(object piece, object fast, object x_t, object h):
     """fast's StepPass.step (None: the piece has none), else piece._step(x_t, h)."""

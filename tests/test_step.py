@@ -154,7 +154,6 @@ def test_a_layers_bound_step_follows_its_own_parameters():
     assert wide.step(1, np.zeros((1, 6))).dtype == np.float64
 
 
-
 @pytest.mark.parametrize("cls, doc", [(rnn_ext.RNN, "One time step: the next state and the output"),
                                       (rnn_ext.Recurrent, "One time step through every layer")])
 def test_step_is_a_method_with_its_signature_and_docs(cls, doc):
@@ -173,6 +172,7 @@ def test_step_is_a_method_with_its_signature_and_docs(cls, doc):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(TypeError):
         piece.step()
+
 
 def test_step_pass_object_checks_what_it_binds():
     m = rnn_ext.RNN(5, 6, 4, num_layers=2, seed=0)
